@@ -28,7 +28,8 @@ TINY_PPO = '{"n_steps": 16, "batch_size": 8, "n_epochs": 1, "hidden": 8, "layers
 
 def _tiny(out: Path, *extra: str) -> list[str]:
     return ["--signal", TINY_SIGNAL, "--ppo", TINY_PPO, "--agent-timesteps", "16",
-            "--rounds", "2", "--clean-batch", "64", "--probe-batch", "32", "--out", str(out),
+            "--rounds", "2", "--clean-batch", "64", "--probe-batch", "32", "--perturbation-steps", "8",
+            "--refresh-steps", "2", "--out", str(out),
             *extra]
 
 

@@ -61,10 +61,13 @@ class RandomMaskSettings(OnpSettings):
     """Settings of :class:`SparseFinePruningRandom`.
 
     Attributes:
+        options: ApplyConfig overrides; by default the published recipe (sparse fine-pruning,
+            no trigger unlearning), so that this row is the baseline people know.
         fraction: Share of the channel nodes in the random seed mask (the random-pruning
             control's, so that the two rows differ only by the sparse fine-tuning).
     """
 
+    options: dict = field(default_factory=lambda: {"unlearn_fraction": 0.0})
     fraction: float = defaults.RANDOM_PRUNING_FRACTION
 
 

@@ -243,14 +243,16 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Write ``report.json``, ``report.md``, ``masks.json`` and ``plots/`` into ``directory``."""
     seed, final = choice.mask, result.mask
-    after = held_in_scores(detector.repaired, stage.held_in, stage.probe)
-    held_in_rules = rule_table(detector.original, detector.repaired, stage.held_in, stage.probe,
+    probe = stage.selection_probe
+    after = held_in_scores(detector.repaired, stage.held_in, probe)
+    held_in_rules = rule_table(detector.original, detector.repaired, stage.held_in, probe,
                                (config.detector_rule, config.detector_threshold))
     report: dict[str, Any] = {
         "name": inputs.name, "model": config.model, "num_classes": inputs.model.spec.num_classes,
         "sources": inputs.sources, "probe": stage.probe.describe(), "signal": stage.record,
         "data": {"defense": len(inputs.defense), "fit": len(stage.fit),
-                 "held_in": len(stage.held_in), "probe": len(stage.probe)},
+                 "held_in": len(stage.held_in), "probe": len(stage.probe),
+                 "selection_probe": len(probe)},
         "mask": {"source": choice.source, "timesteps": choice.timesteps,
                  "utility": choice.utility, "pruned": int((~seed).sum()),
                  "num_nodes": groups.num_nodes},

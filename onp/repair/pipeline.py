@@ -24,6 +24,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from agents.ppo import PPOConfig, learn, read_policy_spec, rollout
 from envs.pruning_env import ChannelPruningEnv, EnvConfig
 from onp.config import config_from_dict, config_to_dict
@@ -49,19 +52,33 @@ from onp.repair.sparse import (
     DEFAULT_LR,
     DEFAULT_ROUNDS,
     DEFAULT_SPARSITY,
+    DEFAULT_UNLEARN_FRACTION,
     GROUP_KINDS,
     PROTECT_ALWAYS,
     SparseConfig,
     SparseResult,
+    Stamp,
     prune_and_regrow,
 )
+from onp.repair.unlearn import REFRESH_STEPS, KnownTriggerStamp, SuspectedTriggers
 from onp.seeding import seed_everything
 from onp.signal.config import SignalConfig
+from onp.signal.perturbation import (
+    PERTURBATION_EPS,
+    PERTURBATION_STEPS,
+    stamp_perturbation,
+    universal_perturbation,
+)
 from onp.signal.probe import (
+    SYNTHESIZED,
     BackdoorProbe,
+    SignalResult,
+    attack_from_description,
+    concat_probes,
     estimate_probe,
     known_trigger_probe,
     poisoned_probe,
+    proxy_asr,
     split_defense,
 )
 from onp.subjects import load_subject
@@ -125,6 +142,14 @@ class ApplyConfig:
     lr_schedule: str = field(default="cosine", metadata=_help("cosine or constant over rounds"))
     batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata=_help("fine-tuning batch"))
     augment: bool = field(default=True, metadata=_help("flip/shift the fitting images"))
+    unlearn_fraction: float = field(default=DEFAULT_UNLEARN_FRACTION, metadata=_help(
+        "share of fitting images also trained on with a suspected trigger, true label (0: off)"))
+    perturbation_eps: float = field(default=PERTURBATION_EPS, metadata=_help(
+        "bound of the suspected universal perturbation (0: patch trigger only)"))
+    perturbation_steps: int = field(default=PERTURBATION_STEPS, metadata=_help(
+        "steps optimizing the perturbation"))
+    refresh_steps: int = field(default=REFRESH_STEPS, metadata=_help(
+        "steps re-optimizing the perturbation before each round (0: fixed)"))
     detector_rule: str = field(default=DEFAULT_RULE, metadata=_help("disagree or reject"))
     detector_threshold: float = field(default=DEFAULT_THRESHOLD, metadata=_help(
         "reject rule: B' probability of B's class below which G flags"))
@@ -134,6 +159,11 @@ class ApplyConfig:
     overwrite: bool = field(default=False, metadata=_help("replace an existing --out"))
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.perturbation_eps <= 1.0 or min(self.perturbation_steps,
+                                                            self.refresh_steps) < 0:
+            raise ONPInputError(f"apply: perturbation_eps must lie in [0, 1] and the step counts "
+                                f"be >= 0, found {self.perturbation_eps}, "
+                                f"{self.perturbation_steps}, {self.refresh_steps}")
         if self.agent_timesteps is not None and self.agent_timesteps < 0:
             raise ONPInputError(f"apply: agent_timesteps must be >= 0, "
                                 f"found {self.agent_timesteps}")
@@ -155,7 +185,7 @@ class ApplyConfig:
             group_kinds=tuple(self.group_kinds), coupled=self.coupled,
             protect_rounds=self.protect_rounds, lr=self.lr, lr_schedule=self.lr_schedule,
             optimizer=self.optimizer, batch_size=self.batch_size, augment=self.augment,
-            asr_weight=self.asr_weight)
+            asr_weight=self.asr_weight, unlearn_fraction=self.unlearn_fraction)
 
 
 @dataclass
@@ -172,12 +202,25 @@ class ApplyInputs:
 
 @dataclass
 class ProbeStage:
-    """The defense split and the probe: ``fit`` trains, ``held_in`` (and the probe) select."""
+    """The defense split, the probes and the stamp: ``fit`` trains, ``held_in`` selects.
+
+    ``probe`` is what the agent's environment scores (the synthesized patch, or the known
+    trigger); ``repair_probe`` adds the held-in images with the suspected perturbation, for the
+    repair's choice of round; ``stamp`` puts the suspected triggers on fitting images (trigger
+    unlearning).
+    """
 
     fit: ImageSet
     held_in: ImageSet
     probe: BackdoorProbe
     record: dict[str, Any]
+    stamp: Stamp | None = None
+    repair_probe: BackdoorProbe | None = None
+
+    @property
+    def selection_probe(self) -> BackdoorProbe:
+        """The probe the repair chooses its round with."""
+        return self.repair_probe if self.repair_probe is not None else self.probe
 
 
 @dataclass
@@ -266,12 +309,50 @@ def make_probe(inputs: ApplyInputs, config: ApplyConfig) -> ProbeStage:
     if config.known_trigger:
         if not inputs.model.spec.attack:
             raise ONPInputError(f"{config.model}: --known-trigger needs a bundle with its attack")
-        probe = known_trigger_probe(inputs.model.spec.attack, held_in.images, held_in.labels,
+        attack = attack_from_description(inputs.model.spec.attack)
+        probe = known_trigger_probe(attack, held_in.images, held_in.labels,
                                     max_images=signal_config.probe_size, seed=config.seed)
-        return ProbeStage(fit, held_in, probe, {"probe": probe.describe()})
+        stamp = KnownTriggerStamp(attack)
+        return ProbeStage(fit, held_in, probe, {"probe": probe.describe(),
+                                                "stamp": stamp.describe()}, stamp)
     # estimate_probe draws the same split from the same seed: its probe images are held-in.
     result = estimate_probe(inputs.model, inputs.defense, signal_config, config.seed)
-    return ProbeStage(fit, held_in, result.probe, result.to_json())
+    stamp, repair_probe = suspected_triggers(inputs.model, fit, held_in, result, config)
+    record = {**result.to_json(), "stamp": stamp.describe(),
+              "repair_probe": repair_probe.describe()}
+    return ProbeStage(fit, held_in, result.probe, record, stamp, repair_probe)
+
+
+def suspected_triggers(
+    model: nn.Module, fit: ImageSet, held_in: ImageSet, signal: SignalResult,
+    config: ApplyConfig,
+) -> tuple[SuspectedTriggers, BackdoorProbe]:
+    """The stamp for trigger unlearning and the probe the repair selects its round with.
+
+    Adds a universal perturbation towards the suspected target (fitted on the fitting images of
+    other classes) to the synthesized patch, unless ``config.perturbation_eps`` is 0. The
+    selection probe is the signal's probe plus the same held-in images with the perturbation.
+    """
+    target = signal.trigger.target
+    others = fit.images[fit.labels != target]
+    perturbation = None
+    probe = signal.probe
+    if config.perturbation_eps > 0:
+        perturbation = universal_perturbation(model, others, target, config.perturbation_eps,
+                                              config.perturbation_steps, seed=config.seed)
+        held = held_in.subset(held_in.labels != target)
+        count = min(len(held), len(signal.probe))
+        extra = BackdoorProbe(stamp_perturbation(held.images[:count], perturbation),
+                              torch.full((count,), target, dtype=torch.int64),
+                              held.labels[:count].clone(), known_trigger=False,
+                              source=SYNTHESIZED)
+        log.info("apply: suspected perturbation (eps %.2f) reaches class %d on %.1f%% of "
+                 "held-in images", config.perturbation_eps, target,
+                 100 * proxy_asr(model, extra))
+        probe = concat_probes(signal.probe, extra)
+    stamp = SuspectedTriggers(signal.trigger.apply, perturbation, target, others,
+                              config.perturbation_eps, config.refresh_steps, config.seed)
+    return stamp, probe
 
 
 def _best_mask(result: Any, task: PruningTask, timesteps: int, source: str) -> MaskChoice:
@@ -344,8 +425,8 @@ def run_apply(
                   else choose_mask(task, config))
     with timer.stage("repair"):
         result = prune_and_regrow(inputs.model, task.groups, stage.fit, stage.held_in,
-                                  stage.probe, choice.mask, config.sparse_config, config.seed,
-                                  inputs.test_poisoned)
+                                  stage.selection_probe, choice.mask, config.sparse_config,
+                                  config.seed, inputs.test_poisoned, stage.stamp)
         repaired = repaired_classifier(result, inputs.model, inputs.name)
         detector = BackdoorDetector(inputs.model, repaired, config.detector_rule,
                                     config.detector_threshold)

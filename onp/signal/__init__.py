@@ -18,6 +18,7 @@ from onp.signal.probe import (
     BackdoorProbe,
     SignalResult,
     attack_from_description,
+    concat_probes,
     estimate_probe,
     known_trigger_probe,
     poisoned_probe,
@@ -31,6 +32,7 @@ from onp.signal.target import (
     collapse_shares,
     identify_target,
 )
+from onp.signal.perturbation import stamp_perturbation, universal_perturbation
 from onp.signal.trigger import SynthesizedTrigger, synthesize_trigger
 
 __all__ = [
@@ -46,11 +48,14 @@ __all__ = [
     "anomaly_index",
     "attack_from_description",
     "collapse_shares",
+    "concat_probes",
     "estimate_probe",
     "identify_target",
     "known_trigger_probe",
     "poisoned_probe",
     "proxy_asr",
     "split_defense",
+    "stamp_perturbation",
     "synthesize_trigger",
+    "universal_perturbation",
 ]

@@ -108,6 +108,21 @@ class BackdoorProbe:
                 "targets": {str(int(t)): int(c) for t, c in zip(targets, counts, strict=True)}}
 
 
+def concat_probes(*probes: BackdoorProbe) -> BackdoorProbe:
+    """One probe holding the images of all; they must agree on ``known_trigger``.
+
+    Raises:
+        ONPInputError: For no probe, or probes of both kinds.
+    """
+    if not probes or len({p.known_trigger for p in probes}) != 1:
+        raise ONPInputError("concat_probes: expected one or more probes of the same kind "
+                            "(all synthesized or all known-trigger)")
+    return BackdoorProbe(torch.cat([p.images for p in probes]),
+                         torch.cat([p.target_labels for p in probes]),
+                         torch.cat([p.true_labels for p in probes]),
+                         probes[0].known_trigger, probes[0].source)
+
+
 def proxy_asr(
     model: nn.Module, probe: BackdoorProbe, batch_size: int = DEFAULT_EVAL_BATCH
 ) -> float:

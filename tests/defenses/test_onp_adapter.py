@@ -42,6 +42,7 @@ def _fake_pipeline(calls: list[dict]) -> types.ModuleType:
         out: str = ""
         overwrite: bool = False
         rounds: int = 10
+        unlearn_fraction: float = 0.2
         extra: dict = field(default_factory=dict)
 
     @dataclass
@@ -85,6 +86,7 @@ def test_the_pipeline_gets_the_defense_data_only_and_b_prime_is_read_back(
     mask = calls[-1]["mask"]
     groups = trace_groups(model, (1, 12, 12))
     assert int((~mask).sum()) == round(0.25 * groups.num_nodes) == result.info["mask"]["pruned"]
+    assert calls[-1]["config"].unlearn_fraction == 0.0  # the published recipe: no unlearning
     assert all(bool(keep.any()) for keep in groups.split(mask))  # no group cut entirely
 
 

@@ -7,8 +7,11 @@ from onp.attacks import AttackConfig, build_attack
 from onp.config import config_from_dict
 from onp.errors import ONPInputError
 from onp.signal import (
+    KNOWN_TRIGGER,
+    SYNTHESIZED,
     BackdoorProbe,
     SignalConfig,
+    concat_probes,
     estimate_probe,
     known_trigger_probe,
     poisoned_probe,
@@ -116,3 +119,17 @@ def test_signal_config_loads_from_a_mapping_and_validates():
 def test_attack_description_errors_are_clear():
     with pytest.raises(ONPInputError, match="expected the keys"):
         known_trigger_probe({"config": {}}, torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]))
+
+
+def test_concat_probes_joins_probes_of_one_kind() -> None:
+    images = torch.rand(3, 1, 4, 4)
+    a = BackdoorProbe(images, torch.zeros(3, dtype=torch.long), torch.tensor([1, 2, 3]), False,
+                      SYNTHESIZED)
+    b = BackdoorProbe(images[:1], torch.zeros(1, dtype=torch.long), torch.tensor([4]), False,
+                      SYNTHESIZED)
+    joined = concat_probes(a, b)
+    assert len(joined) == 4 and joined.true_labels.tolist() == [1, 2, 3, 4]
+    known = BackdoorProbe(images, torch.zeros(3, dtype=torch.long), torch.tensor([1, 2, 3]), True,
+                          KNOWN_TRIGGER)
+    with pytest.raises(ONPInputError, match="same kind"):
+        concat_probes(a, known)

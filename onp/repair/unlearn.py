@@ -1,0 +1,110 @@
+"""Trigger unlearning during repair: suspected triggers stamped on fitting images.
+
+Each prune-and-regrow round adds stamped copies of some fitting images, with their true labels
+(Neural Cleanse's unlearning, Wang et al. 2019). Trigger-free, the stamps are the suspected
+triggers of :mod:`onp.signal`: the synthesized patch on half the images and a universal
+perturbation on the other half. The perturbation is re-optimized against the model being
+repaired before every round (a warm start of a few steps): once one perturbation is unlearned
+the backdoor is reached by another, and chasing it is what removes a blended trigger (measured:
+Blended ResNet, true ASR 7.7% with a fixed perturbation, 0.8% re-optimized). With a known
+trigger (labelled mode) the real trigger is stamped instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from onp.attacks.attack import Attack
+from onp.signal.perturbation import stamp_perturbation, universal_perturbation
+
+log = logging.getLogger(__name__)
+
+# Steps per round to follow the model with the perturbation (a warm start): 60 steps took ~5 s
+# per round and brought the Blended ResNet's true ASR from 7.7% (no refresh) to 0.8%.
+REFRESH_STEPS = 60
+
+
+class SuspectedTriggers:
+    """Stamps the synthesized patch on the first half of a batch, the perturbation on the rest.
+
+    Args:
+        patch: Puts the synthesized trigger on ``[B, C, H, W]`` images (``None``: only the
+            perturbation).
+        perturbation: The universal perturbation (``[1, C, H, W]``; ``None``: only the patch).
+        target: The suspected target, which :meth:`refresh` aims at.
+        images: Clean fitting images of other classes, to re-optimize the perturbation on.
+        eps: The perturbation's bound.
+        refresh_steps: Steps of each :meth:`refresh` (``0``: the perturbation stays fixed).
+        seed: Seeds the refreshes (each one draws from ``seed + its count``).
+    """
+
+    def __init__(
+        self,
+        patch: Callable[[torch.Tensor], torch.Tensor] | None,
+        perturbation: torch.Tensor | None,
+        target: int,
+        images: torch.Tensor,
+        eps: float,
+        refresh_steps: int = REFRESH_STEPS,
+        seed: int = 0,
+    ) -> None:
+        if patch is None and perturbation is None:
+            raise ValueError("SuspectedTriggers: give a patch, a perturbation or both")
+        self.patch, self.perturbation = patch, perturbation
+        self.target, self.images, self.eps = target, images, eps
+        self.refresh_steps, self.seed, self.refreshes = refresh_steps, seed, 0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The images with a suspected trigger each (same shape)."""
+        if self.perturbation is None:
+            assert self.patch is not None
+            return self.patch(images)
+        if self.patch is None:
+            return stamp_perturbation(images, self.perturbation)
+        half = len(images) // 2
+        return torch.cat([self.patch(images[:half]),
+                          stamp_perturbation(images[half:], self.perturbation)])
+
+    def refresh(self, model: nn.Module) -> None:
+        """Re-optimize the perturbation against ``model`` as it is now (a warm start)."""
+        if self.perturbation is None or self.refresh_steps == 0:
+            return
+        was_training = model.training
+        self.perturbation = universal_perturbation(
+            model, self.images, self.target, self.eps, self.refresh_steps,
+            seed=self.seed + self.refreshes, start=self.perturbation)
+        self.refreshes += 1
+        model.train(was_training)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary (kinds, bound, refresh steps)."""
+        return {"patch": self.patch is not None, "perturbation": self.perturbation is not None,
+                "target": self.target, "eps": self.eps, "refresh_steps": self.refresh_steps,
+                "known_trigger": False}
+
+
+class KnownTriggerStamp:
+    """Stamps the real trigger (known-trigger mode; every output built on it says so).
+
+    Image ``n`` of a batch gets trigger ``n % len(attack.triggers)``.
+    """
+
+    def __init__(self, attack: Attack) -> None:
+        self.attack = attack
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The images with the real trigger (same shape)."""
+        ids = torch.arange(len(images)) % len(self.attack.triggers)
+        return self.attack.apply(images, ids)
+
+    def refresh(self, model: nn.Module) -> None:
+        """Nothing to follow: the trigger is known."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {"known_trigger": True, "triggers": len(self.attack.triggers)}

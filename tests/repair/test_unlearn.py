@@ -1,0 +1,107 @@
+"""Trigger unlearning: the universal perturbation, the stamps and their use in the rounds."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from onp.attacks import AttackConfig, build_attack
+from onp.errors import ONPInputError
+from onp.eval.metrics import predict
+from onp.graph.mask import full_mask
+from onp.repair.sparse import SparseConfig, prune_and_regrow, round_training_set
+from onp.repair.unlearn import KnownTriggerStamp, SuspectedTriggers
+from onp.signal.perturbation import stamp_perturbation, universal_perturbation
+from onp.training import TrainSettings, train_classifier
+
+from .test_sparse import SHAPE, _model, _probe, _toy
+
+
+def _corner(images: torch.Tensor) -> torch.Tensor:
+    stamped = images.clone()
+    stamped[:, :, -2:, -2:] = 1.0
+    return stamped
+
+
+def test_the_perturbation_stays_in_its_bound_and_reaches_the_target() -> None:
+    model, _ = _model()
+    data = _toy(128, 0)
+    train_classifier(model, data.images, data.labels, TrainSettings(epochs=8, batch_size=32))
+    images, target = data.images[data.labels != 0], 0
+    before = copy.deepcopy(model.state_dict())
+    start = float((predict(model, images) == target).float().mean())
+    delta = universal_perturbation(model, images, target, eps=0.3, steps=60, batch_size=32)
+    assert delta.shape == (1, *SHAPE) and float(delta.abs().max()) <= 0.3 + 1e-6
+    reached = float((predict(model, stamp_perturbation(images, delta)) == target).float().mean())
+    assert start < 0.3 and reached > start + 0.3, (start, reached)
+    for key, value in model.state_dict().items():  # the model is not touched
+        torch.testing.assert_close(value, before[key])
+    with pytest.raises(ONPInputError, match="eps"):
+        universal_perturbation(model, images, target, eps=0.0)
+
+
+def test_a_round_adds_stamped_copies_with_their_true_labels() -> None:
+    fit = _toy(40, 1)
+    images, labels, augmentable = round_training_set(fit, _corner, 0.25, seed=3)
+    assert images.shape == (50, *SHAPE) and labels.shape == (50,)
+    assert torch.equal(images[:40], fit.images) and augmentable[:40].all()
+    assert not augmentable[40:].any() and (images[40:, :, -2:, -2:] == 1.0).all()
+    unstamped = fit.images[:, :, :-2, :-2]  # the part of each image the corner leaves alone
+    for image, label in zip(images[40:], labels[40:], strict=True):  # a copy keeps its label
+        match = torch.nonzero((unstamped == image[:, :-2, :-2]).flatten(1).all(1)).flatten()
+        assert match.numel() == 1 and int(fit.labels[match]) == int(label)
+    same, _, _ = round_training_set(fit, None, 0.25, seed=3)
+    assert torch.equal(same, fit.images)  # no stamp, no unlearning
+
+
+def test_suspected_triggers_stamp_both_halves_and_follow_the_model() -> None:
+    model, _ = _model()
+    images = _toy(32, 0).images
+    delta = torch.full((1, *SHAPE), 0.05)
+    stamp = SuspectedTriggers(_corner, delta, 1, images, eps=0.2, refresh_steps=5)
+    stamped = stamp(images[:6])
+    assert (stamped[:3, :, -2:, -2:] == 1.0).all()  # the patch on the first half
+    torch.testing.assert_close(stamped[3:], (images[3:6] + 0.05).clamp(0, 1))
+    stamp.refresh(model)
+    assert not torch.equal(stamp.perturbation, delta)
+    assert float(stamp.perturbation.abs().max()) <= 0.2 + 1e-6 and stamp.refreshes == 1
+    fixed = SuspectedTriggers(None, delta, 1, images, eps=0.2, refresh_steps=0)
+    fixed.refresh(model)
+    assert torch.equal(fixed.perturbation, delta)
+    with pytest.raises(ValueError, match="patch"):
+        SuspectedTriggers(None, None, 1, images, eps=0.2)
+
+
+def test_a_known_trigger_stamp_puts_the_real_trigger_on() -> None:
+    attack = build_attack(AttackConfig("badnets", target=0), SHAPE)
+    images = _toy(8, 0).images
+    ids = torch.zeros(8, dtype=torch.long)
+    assert torch.equal(KnownTriggerStamp(attack)(images), attack.apply(images, ids))
+    assert KnownTriggerStamp(attack).describe()["known_trigger"] is True
+
+
+class _CountingStamp:
+    def __init__(self) -> None:
+        self.refreshes = 0
+        self.stamped = 0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.stamped += len(images)
+        return _corner(images)
+
+    def refresh(self, model: torch.nn.Module) -> None:
+        self.refreshes += 1
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5])
+def test_the_rounds_refresh_and_stamp_only_when_unlearning(fraction: float) -> None:
+    model, groups = _model()
+    fit, held = _toy(64, 1), _toy(32, 2)
+    stamp = _CountingStamp()
+    config = SparseConfig(sparsity=0.25, rounds=3, batch_size=32, unlearn_fraction=fraction)
+    prune_and_regrow(model, groups, fit, held, _probe(held), full_mask(groups), config,
+                     stamp=stamp)
+    assert stamp.refreshes == (3 if fraction else 0)
+    assert stamp.stamped == (3 * 32 if fraction else 0)
