@@ -30,6 +30,10 @@ class TrainSettings:
         augment: Random horizontal flips and 2-pixel shifts of the clean (non-trigger) images.
         schedule: ``"one-cycle"`` (default) or ``"constant"``: ``lr`` throughout, as the
             fine-tuning defenses use it (e.g. Liu et al. 2018 fine-tune at a fixed small rate).
+        distill_weight: Weight ``a`` of knowledge distillation from a teacher (Hinton et al.
+            2015): the loss is ``(1 - a) * CE + a * T^2 * KL(teacher || model)`` at temperature
+            ``T``, on the augmentable images only; ``0`` (default) is plain cross-entropy.
+        distill_temperature: ``T``.
     """
 
     epochs: int = 4
@@ -39,11 +43,30 @@ class TrainSettings:
     weight_decay: float = 5e-4
     augment: bool = False
     schedule: str = "one-cycle"
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TrainSettings.schedule: expected one of {SCHEDULES}, found "
                              f"{self.schedule!r}")
+        if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:
+            raise ValueError(f"TrainSettings: distill_weight must lie in [0, 1] and "
+                             f"distill_temperature be positive, found {self.distill_weight}, "
+                             f"{self.distill_temperature}")
+
+
+def distillation_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(logits / T))``, averaged over the batch.
+
+    Shapes:
+        logits, teacher_logits: ``[B, K]``; returns a scalar.
+    """
+    return F.kl_div(F.log_softmax(logits / temperature, dim=1),
+                    F.log_softmax(teacher_logits / temperature, dim=1),
+                    reduction="batchmean", log_target=True) * temperature**2
 
 
 def _shift_and_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -67,6 +90,7 @@ def train_classifier(
     seed: int = 0,
     augment_mask: torch.Tensor | None = None,
     description: str = "train",
+    teacher: nn.Module | None = None,
 ) -> list[float]:
     """Train ``model`` in place with cross-entropy.
 
@@ -79,6 +103,8 @@ def train_classifier(
         augment_mask: Which images may be augmented (``True``) when ``settings.augment`` is on;
             poisoned images are left untouched so their trigger stays in place (default: all).
         description: Progress-bar label.
+        teacher: Model distilled from when ``settings.distill_weight`` > 0 (kept in eval mode,
+            not trained); its outputs on the augmentable images are the soft targets.
 
     Returns:
         The mean training loss of each epoch.
@@ -89,6 +115,8 @@ def train_classifier(
     """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if settings.distill_weight > 0 and teacher is None:
+        raise ValueError("train_classifier: distill_weight > 0 needs a teacher")
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(
@@ -113,12 +141,20 @@ def train_classifier(
         for step in bar:
             idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
             x, y = images[idx], labels[idx]
+            allowed = (augment_mask[idx] if augment_mask is not None
+                       else torch.ones(len(idx), dtype=torch.bool))
             if settings.augment:
-                allowed = (augment_mask[idx] if augment_mask is not None
-                           else torch.ones(len(idx), dtype=torch.bool))
                 x = torch.where(allowed.view(-1, 1, 1, 1), _shift_and_flip(x, generator), x)
             x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model(x), y)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            if settings.distill_weight > 0 and bool(allowed.any()):
+                assert teacher is not None  # checked above
+                keep = allowed.to(device)
+                with torch.no_grad():
+                    soft = teacher.eval()(x[keep])
+                loss = ((1 - settings.distill_weight) * loss + settings.distill_weight
+                        * distillation_loss(logits[keep], soft, settings.distill_temperature))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

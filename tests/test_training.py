@@ -1,8 +1,9 @@
+import pytest
 import torch
 
 from onp.eval.metrics import accuracy_of, predict
 from onp.models.bundle import ModelSpec, make_classifier
-from onp.training import TrainSettings, train_classifier
+from onp.training import TrainSettings, distillation_loss, train_classifier
 
 
 def _toy_data(n: int = 256):
@@ -39,3 +40,26 @@ def test_training_is_reproducible_for_a_seed():
     train_classifier(second, images, labels, settings, seed=3)
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_distillation_pulls_the_student_towards_the_teacher() -> None:
+    torch.manual_seed(0)
+    images, labels = torch.rand(64, 1, 6, 6), torch.randint(0, 3, (64,))
+
+    def net() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3))
+
+    teacher, student, plain = net(), net(), net()
+    plain.load_state_dict(student.state_dict())
+    for model, weight in ((student, 1.0), (plain, 0.0)):
+        settings = TrainSettings(epochs=20, batch_size=16, lr=0.05, schedule="constant",
+                                 distill_weight=weight)
+        train_classifier(model, images, labels, settings, teacher=teacher)
+    with torch.no_grad():
+        target = teacher(images).softmax(1)
+        gap = {name: float((m(images).softmax(1) - target).abs().mean())
+               for name, m in (("student", student), ("plain", plain))}
+    assert gap["student"] < 0.5 * gap["plain"]
+    assert float(distillation_loss(target.log(), target.log(), 2.0)) == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError, match="teacher"):
+        train_classifier(net(), images, labels, TrainSettings(distill_weight=0.5))

@@ -49,6 +49,7 @@ from onp.repair.detector import (
 from onp.repair.importance import DEFAULT_IMPORTANCE
 from onp.repair.sparse import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_DISTILL_WEIGHT,
     DEFAULT_LR,
     DEFAULT_ROUNDS,
     DEFAULT_SPARSITY,
@@ -144,6 +145,8 @@ class ApplyConfig:
     augment: bool = field(default=True, metadata=_help("flip/shift the fitting images"))
     unlearn_fraction: float = field(default=DEFAULT_UNLEARN_FRACTION, metadata=_help(
         "share of fitting images also trained on with a suspected trigger, true label (0: off)"))
+    distill_weight: float = field(default=DEFAULT_DISTILL_WEIGHT, metadata=_help(
+        "weight of distillation from B on clean fitting images (0: off)"))
     perturbation_eps: float = field(default=PERTURBATION_EPS, metadata=_help(
         "bound of the suspected universal perturbation (0: patch trigger only)"))
     perturbation_steps: int = field(default=PERTURBATION_STEPS, metadata=_help(
@@ -185,7 +188,8 @@ class ApplyConfig:
             group_kinds=tuple(self.group_kinds), coupled=self.coupled,
             protect_rounds=self.protect_rounds, lr=self.lr, lr_schedule=self.lr_schedule,
             optimizer=self.optimizer, batch_size=self.batch_size, augment=self.augment,
-            asr_weight=self.asr_weight, unlearn_fraction=self.unlearn_fraction)
+            asr_weight=self.asr_weight, unlearn_fraction=self.unlearn_fraction,
+            distill_weight=self.distill_weight)
 
 
 @dataclass

@@ -12,7 +12,10 @@ Each round builds its mask from scratch and trains one epoch under it:
    that regrows comes back with the very weights that carried the backdoor); every other
    channel pruned last round competes again and comes back if it now scores higher (regrowth,
    as in dynamic sparse training, Mocanu et al. 2018);
-3. train one epoch on the defender's fitting images with the mask applied through hooks;
+3. train one epoch on the defender's fitting images with the mask applied through hooks. With
+   trigger unlearning on (``unlearn_fraction`` > 0 and a ``stamp``, :mod:`onp.repair.unlearn`),
+   the stamp first follows the masked net (``refresh``), then a share of the fitting images is
+   added again with the suspected trigger stamped on and the true label;
 4. score the round on held-in defense data only: clean accuracy on held-in clean images and the
    proxy ASR of the probe (whose images are held-in too).
 
@@ -85,6 +88,7 @@ IMPORTANCE_IMAGES = 512  # clean images per activation score; the ranking is sta
 # 0.2 gave 90.2% test CA at 1.4% true ASR, against 90.4% at 7.0% without unlearning; 0.5 was no
 # better (90.1% at 2.2% with X = 0.1).
 DEFAULT_UNLEARN_FRACTION = 0.2
+DEFAULT_DISTILL_WEIGHT = 0.0
 CURVE_IMAGES = 1000  # held-out poisoned images per round for the true-ASR curve (plot only)
 
 
@@ -112,6 +116,10 @@ class SparseConfig:
         unlearn_fraction: Share of the fitting images also shown each round with the suspected
             trigger stamped on and their true label (Neural Cleanse's unlearning, Wang et al.
             2019); ``0`` turns it off, and it needs a ``stamp`` in :func:`prune_and_regrow`.
+        distill_weight: Weight of distillation from the input model's outputs on the clean
+            fitting images (the stamped copies keep plain cross-entropy), which keeps B's
+            clean behaviour; ``0`` turns it off.
+        distill_temperature: Its temperature.
     """
 
     sparsity: float = DEFAULT_SPARSITY
@@ -130,6 +138,8 @@ class SparseConfig:
     asr_weight: float = 1.0
     importance_images: int = IMPORTANCE_IMAGES
     unlearn_fraction: float = DEFAULT_UNLEARN_FRACTION
+    distill_weight: float = DEFAULT_DISTILL_WEIGHT
+    distill_temperature: float = 2.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -139,6 +149,9 @@ class SparseConfig:
             problems.append("rounds, batch_size and importance_images must be positive")
         if not 0.0 <= self.unlearn_fraction <= 1.0:
             problems.append(f"unlearn_fraction must lie in [0, 1], found {self.unlearn_fraction}")
+        if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:
+            problems.append(f"distill_weight must lie in [0, 1] and distill_temperature be "
+                            f"positive, found {self.distill_weight}, {self.distill_temperature}")
         if self.lr <= 0:
             problems.append(f"lr must be positive, found {self.lr}")
         if self.importance not in IMPORTANCE_KINDS:
@@ -355,6 +368,7 @@ def prune_and_regrow(
     config = config or SparseConfig()
     seed_mask = check_mask(groups, seed_mask)
     work = copy.deepcopy(model).eval()
+    teacher = copy.deepcopy(model).eval() if config.distill_weight > 0 else None
     chosen = chosen_nodes(groups, config.group_kinds, config.coupled)
     importance_set = subsample(fit, min(config.importance_images, len(fit)), seed=seed).images
     curve = None if evaluation is None else first_images(evaluation, CURVE_IMAGES)
@@ -378,13 +392,15 @@ def prune_and_regrow(
             settings = TrainSettings(
                 epochs=1, batch_size=config.batch_size, lr=config.round_lr(index),
                 momentum=config.momentum, weight_decay=config.weight_decay,
-                augment=config.augment, schedule="constant")
+                augment=config.augment, schedule="constant",
+                distill_weight=config.distill_weight,
+                distill_temperature=config.distill_temperature)
             if stamp is not None and config.unlearn_fraction > 0:
                 stamp.refresh(work)  # under the round's mask: follow the net being trained
             images, labels, augmentable = round_training_set(
                 fit, stamp, config.unlearn_fraction, seed + index)
             loss = train_classifier(work, images, labels, settings, seed=seed + index,
-                                    augment_mask=augmentable,
+                                    augment_mask=augmentable, teacher=teacher,
                                     description=f"round {index + 1}")[0]
             _restore_pruned_statistics(work, groups, mask, statistics)
             ca, asr = held_in_scores(work, held_in, probe)

@@ -105,3 +105,18 @@ def test_the_rounds_refresh_and_stamp_only_when_unlearning(fraction: float) -> N
                      stamp=stamp)
     assert stamp.refreshes == (3 if fraction else 0)
     assert stamp.stamped == (3 * 32 if fraction else 0)
+
+
+def test_distillation_runs_from_the_untouched_input_model() -> None:
+    model, groups = _model()
+    before = copy.deepcopy(model.state_dict())
+    fit, held = _toy(64, 1), _toy(32, 2)
+    config = SparseConfig(sparsity=0.25, rounds=2, batch_size=32, unlearn_fraction=0.5,
+                          distill_weight=0.5)
+    result = prune_and_regrow(model, groups, fit, held, _probe(held), full_mask(groups), config,
+                              stamp=_CountingStamp())
+    assert len(result.rounds) == 2 and all(r.loss > 0 for r in result.rounds)
+    for key, value in model.state_dict().items():  # the teacher is a copy: B is not trained
+        torch.testing.assert_close(value, before[key])
+    with pytest.raises(ONPInputError, match="distill_weight"):
+        SparseConfig(distill_weight=1.5)
