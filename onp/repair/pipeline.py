@@ -64,18 +64,11 @@ from onp.repair.sparse import (
 from onp.repair.unlearn import REFRESH_STEPS, KnownTriggerStamp, SuspectedTriggers
 from onp.seeding import seed_everything
 from onp.signal.config import SignalConfig
-from onp.signal.perturbation import (
-    PERTURBATION_EPS,
-    PERTURBATION_STEPS,
-    stamp_perturbation,
-    universal_perturbation,
-)
+from onp.signal.perturbation import PERTURBATION_EPS, PERTURBATION_STEPS, universal_perturbation
 from onp.signal.probe import (
-    SYNTHESIZED,
     BackdoorProbe,
     SignalResult,
     attack_from_description,
-    concat_probes,
     estimate_probe,
     known_trigger_probe,
     poisoned_probe,
@@ -209,9 +202,9 @@ class ProbeStage:
     """The defense split, the probes and the stamp: ``fit`` trains, ``held_in`` selects.
 
     ``probe`` is what the agent's environment scores (the synthesized patch, or the known
-    trigger); ``repair_probe`` adds the held-in images with the suspected perturbation, for the
-    repair's choice of round; ``stamp`` puts the suspected triggers on fitting images (trigger
-    unlearning).
+    trigger); ``repair_probe`` adds the held-in images with the suspected perturbation as first
+    fitted (the report's held-in proxy ASR); ``stamp`` puts the suspected triggers on fitting
+    images (trigger unlearning) and, re-fitted after each round, scores the rounds.
     """
 
     fit: ImageSet
@@ -339,23 +332,19 @@ def suspected_triggers(
     """
     target = signal.trigger.target
     others = fit.images[fit.labels != target]
+    held = held_in.subset(held_in.labels != target)
+    held = held.subset(torch.arange(min(len(held), len(signal.probe))))
     perturbation = None
-    probe = signal.probe
     if config.perturbation_eps > 0:
         perturbation = universal_perturbation(model, others, target, config.perturbation_eps,
                                               config.perturbation_steps, seed=config.seed)
-        held = held_in.subset(held_in.labels != target)
-        count = min(len(held), len(signal.probe))
-        extra = BackdoorProbe(stamp_perturbation(held.images[:count], perturbation),
-                              torch.full((count,), target, dtype=torch.int64),
-                              held.labels[:count].clone(), known_trigger=False,
-                              source=SYNTHESIZED)
-        log.info("apply: suspected perturbation (eps %.2f) reaches class %d on %.1f%% of "
-                 "held-in images", config.perturbation_eps, target,
-                 100 * proxy_asr(model, extra))
-        probe = concat_probes(signal.probe, extra)
     stamp = SuspectedTriggers(signal.trigger.apply, perturbation, target, others,
-                              config.perturbation_eps, config.refresh_steps, config.seed)
+                              config.perturbation_eps, config.refresh_steps, config.seed,
+                              signal.probe, held.images, held.labels)
+    probe = stamp.probe()
+    assert probe is not None  # the base probe is given
+    log.info("apply: suspected triggers reach class %d on %.1f%% of the selection probe",
+             target, 100 * proxy_asr(model, probe))
     return stamp, probe
 
 

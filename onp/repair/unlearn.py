@@ -3,11 +3,12 @@
 Each prune-and-regrow round adds stamped copies of some fitting images, with their true labels
 (Neural Cleanse's unlearning, Wang et al. 2019). Trigger-free, the stamps are the suspected
 triggers of :mod:`onp.signal`: the synthesized patch on half the images and a universal
-perturbation on the other half. The perturbation is re-optimized against the model being
-repaired before every round (a warm start of a few steps): once one perturbation is unlearned
-the backdoor is reached by another, and chasing it is what removes a blended trigger (measured:
-Blended ResNet, true ASR 7.7% with a fixed perturbation, 0.8% re-optimized). With a known
-trigger (labelled mode) the real trigger is stamped instead.
+perturbation on the other half. After every round the perturbation is re-fitted to the model
+being repaired (a warm start of a few steps): once one perturbation is unlearned the backdoor is
+reached by another, and chasing it is what removes a blended trigger (measured: Blended ResNet,
+true ASR 7.7% with a fixed perturbation, 0.8% re-fitted). The re-fitted perturbation on held-in
+images also scores the round (:meth:`SuspectedTriggers.probe`). With a known trigger (labelled
+mode) the real trigger is stamped instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 from onp.attacks.attack import Attack
 from onp.signal.perturbation import stamp_perturbation, universal_perturbation
+from onp.signal.probe import SYNTHESIZED, BackdoorProbe, concat_probes
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,11 @@ class SuspectedTriggers:
         eps: The perturbation's bound.
         refresh_steps: Steps of each :meth:`refresh` (``0``: the perturbation stays fixed).
         seed: Seeds the refreshes (each one draws from ``seed + its count``).
+        base_probe: The fixed probe (the synthesized patch on held-in images) :meth:`probe`
+            starts from.
+        probe_images: Held-in clean images of other classes that :meth:`probe` stamps with the
+            perturbation as it is now.
+        probe_labels: Their classes.
     """
 
     def __init__(
@@ -52,12 +59,19 @@ class SuspectedTriggers:
         eps: float,
         refresh_steps: int = REFRESH_STEPS,
         seed: int = 0,
+        base_probe: BackdoorProbe | None = None,
+        probe_images: torch.Tensor | None = None,
+        probe_labels: torch.Tensor | None = None,
     ) -> None:
         if patch is None and perturbation is None:
             raise ValueError("SuspectedTriggers: give a patch, a perturbation or both")
+        if (probe_images is None) != (probe_labels is None):
+            raise ValueError("SuspectedTriggers: give probe_images and probe_labels together")
         self.patch, self.perturbation = patch, perturbation
         self.target, self.images, self.eps = target, images, eps
         self.refresh_steps, self.seed, self.refreshes = refresh_steps, seed, 0
+        self.base_probe, self.probe_images, self.probe_labels = (base_probe, probe_images,
+                                                                 probe_labels)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """The images with a suspected trigger each (same shape)."""
@@ -71,7 +85,7 @@ class SuspectedTriggers:
                           stamp_perturbation(images[half:], self.perturbation)])
 
     def refresh(self, model: nn.Module) -> None:
-        """Re-optimize the perturbation against ``model`` as it is now (a warm start)."""
+        """Re-fit the perturbation to ``model`` as it is now (a warm start)."""
         if self.perturbation is None or self.refresh_steps == 0:
             return
         was_training = model.training
@@ -80,6 +94,17 @@ class SuspectedTriggers:
             seed=self.seed + self.refreshes, start=self.perturbation)
         self.refreshes += 1
         model.train(was_training)
+
+    def probe(self) -> BackdoorProbe | None:
+        """The base probe plus the held-in images with the perturbation as it is now."""
+        if self.perturbation is None or self.probe_images is None:
+            return self.base_probe
+        assert self.probe_labels is not None
+        count = len(self.probe_images)
+        current = BackdoorProbe(stamp_perturbation(self.probe_images, self.perturbation),
+                                torch.full((count,), self.target, dtype=torch.int64),
+                                self.probe_labels, known_trigger=False, source=SYNTHESIZED)
+        return current if self.base_probe is None else concat_probes(self.base_probe, current)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary (kinds, bound, refresh steps)."""
@@ -104,6 +129,10 @@ class KnownTriggerStamp:
 
     def refresh(self, model: nn.Module) -> None:
         """Nothing to follow: the trigger is known."""
+
+    def probe(self) -> None:
+        """The fixed known-trigger probe scores the rounds."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary."""

@@ -13,6 +13,7 @@ from onp.eval.metrics import predict
 from onp.graph.mask import full_mask
 from onp.repair.sparse import SparseConfig, prune_and_regrow, round_training_set
 from onp.repair.unlearn import KnownTriggerStamp, SuspectedTriggers
+from onp.signal.probe import SYNTHESIZED, BackdoorProbe
 from onp.signal.perturbation import stamp_perturbation, universal_perturbation
 from onp.training import TrainSettings, train_classifier
 
@@ -67,9 +68,18 @@ def test_suspected_triggers_stamp_both_halves_and_follow_the_model() -> None:
     stamp.refresh(model)
     assert not torch.equal(stamp.perturbation, delta)
     assert float(stamp.perturbation.abs().max()) <= 0.2 + 1e-6 and stamp.refreshes == 1
+    held = _toy(8, 3)
+    others = torch.tensor([0, 2, 3])  # held-in images of classes other than the target 1
+    with_probe = SuspectedTriggers(None, delta, 1, images, eps=0.2, base_probe=_probe(held),
+                                   probe_images=held.images[others],
+                                   probe_labels=held.labels[others])
+    joined = with_probe.probe()
+    assert joined is not None and len(joined) == len(_probe(held)) + 3
+    torch.testing.assert_close(joined.images[-3:], (held.images[others] + 0.05).clamp(0, 1))
+    assert (joined.target_labels[-3:] == 1).all()
     fixed = SuspectedTriggers(None, delta, 1, images, eps=0.2, refresh_steps=0)
     fixed.refresh(model)
-    assert torch.equal(fixed.perturbation, delta)
+    assert torch.equal(fixed.perturbation, delta) and fixed.probe() is None
     with pytest.raises(ValueError, match="patch"):
         SuspectedTriggers(None, None, 1, images, eps=0.2)
 
@@ -83,9 +93,12 @@ def test_a_known_trigger_stamp_puts_the_real_trigger_on() -> None:
 
 
 class _CountingStamp:
-    def __init__(self) -> None:
+    """A corner patch that counts its refreshes; scores rounds with ``current`` if given."""
+
+    def __init__(self, current: BackdoorProbe | None = None) -> None:
         self.refreshes = 0
         self.stamped = 0
+        self.current = current
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         self.stamped += len(images)
@@ -93,6 +106,9 @@ class _CountingStamp:
 
     def refresh(self, model: torch.nn.Module) -> None:
         self.refreshes += 1
+
+    def probe(self) -> BackdoorProbe | None:
+        return self.current
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.5])
@@ -107,16 +123,15 @@ def test_the_rounds_refresh_and_stamp_only_when_unlearning(fraction: float) -> N
     assert stamp.stamped == (3 * 32 if fraction else 0)
 
 
-def test_distillation_runs_from_the_untouched_input_model() -> None:
+def test_rounds_are_scored_with_the_stamps_current_probe() -> None:
     model, groups = _model()
-    before = copy.deepcopy(model.state_dict())
     fit, held = _toy(64, 1), _toy(32, 2)
-    config = SparseConfig(sparsity=0.25, rounds=2, batch_size=32, unlearn_fraction=0.5,
-                          distill_weight=0.5)
-    result = prune_and_regrow(model, groups, fit, held, _probe(held), full_mask(groups), config,
-                              stamp=_CountingStamp())
-    assert len(result.rounds) == 2 and all(r.loss > 0 for r in result.rounds)
-    for key, value in model.state_dict().items():  # the teacher is a copy: B is not trained
-        torch.testing.assert_close(value, before[key])
-    with pytest.raises(ONPInputError, match="distill_weight"):
-        SparseConfig(distill_weight=1.5)
+    fixed = _probe(held)
+    current = BackdoorProbe(held.images[:8], torch.ones(8, dtype=torch.long),
+                            torch.full((8,), 2, dtype=torch.long), False, SYNTHESIZED)
+    config = SparseConfig(sparsity=0.25, rounds=2, batch_size=32, unlearn_fraction=0.5)
+    for stamp_probe, expected in ((current, current), (None, fixed)):
+        result = prune_and_regrow(model, groups, fit, held, fixed, full_mask(groups), config,
+                                  stamp=_CountingStamp(stamp_probe))
+        kept = result.rounds[result.best_round]  # result.model is that round, mask baked in
+        assert kept.proxy_asr == expected.asr_of(predict(result.model, expected.images))
