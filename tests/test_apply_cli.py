@@ -18,6 +18,7 @@ from onp.models.bundle import load_bundle
 from onp.repair import pipeline
 from onp.repair.compact import load_compact
 from onp.repair.detector import load_detector
+from onp.repair.detector import choose_rule
 from onp.repair.pipeline import ApplyConfig
 from onp.train_agent import main as train_agent_main
 
@@ -94,12 +95,18 @@ def test_a_trained_policy_is_applied_as_is(infected_run, tiny_data, tmp_path) ->
                              TINY_PPO, "--signal", TINY_SIGNAL, "--clean-batch", "64",
                              "--probe-batch", "32", "--out", str(agent)]) == 0
     out = tmp_path / "apply"
-    args = _subject_args(infected_run, tiny_data) + _tiny(out, "--policy", str(agent / "policy"))
+    args = _subject_args(infected_run, tiny_data) + _tiny(out, "--policy", str(agent / "policy"),
+                                                          "--detector-rule", "auto")
     args.remove("--agent-timesteps")
     args.remove("16")
     assert apply_main(args) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["mask"]["source"].startswith("policy") and report["mask"]["timesteps"] == 0
+    # auto: G's rule is the one choose_rule picks from the held-in scores in the report
+    held_in = {(n.split("@")[0], float(n.split("@")[1]) if "@" in n else 1.0): g
+               for n, g in report["G_rules_held_in"].items()}
+    saved = json.loads((out / "detector" / "detector.json").read_text())
+    assert (saved["rule"], saved["threshold"]) == choose_rule(held_in)
 
 
 def _write_h5(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:

@@ -105,7 +105,8 @@ def _not_measured(inputs: ApplyInputs) -> list[str]:
     return missing
 
 
-def _rule_name(rule: str, threshold: float) -> str:
+def rule_name(rule: str, threshold: float) -> str:
+    """``"disagree"`` or ``"reject@0.1"``: a rule's key in the report."""
     return rule if rule == "disagree" else f"{rule}@{threshold:g}"
 
 
@@ -121,7 +122,7 @@ def rule_table(
     n = int(original.spec.num_classes)
     table: dict[str, dict[str, float | None]] = {}
     for rule, threshold in (chosen, *ALTERNATIVE_RULES):
-        name = _rule_name(rule, threshold)
+        name = rule_name(rule, threshold)
         if name in table:
             continue
         decided = [None if logits[0][i] is None else
@@ -149,8 +150,8 @@ def evaluate_outputs(
         test["DER"] = round(100 * defense_effectiveness_rating(
             before["CA"] / 100, before["ASR"] / 100, after["CA"] / 100, after["ASR"] / 100), 2)
     rules = rule_table(detector.original, detector.repaired, clean, probe,
-                       (config.detector_rule, config.detector_threshold))
-    test["G"] = rules[_rule_name(config.detector_rule, config.detector_threshold)]
+                       (detector.rule, detector.threshold))
+    test["G"] = rules[rule_name(detector.rule, detector.threshold)]
     test["G_rules"] = rules
     result["test"] = test
     return result
@@ -246,7 +247,7 @@ def write_outputs(
     probe = stage.selection_probe
     after = held_in_scores(detector.repaired, stage.held_in, probe)
     held_in_rules = rule_table(detector.original, detector.repaired, stage.held_in, probe,
-                               (config.detector_rule, config.detector_threshold))
+                               (detector.rule, detector.threshold))
     report: dict[str, Any] = {
         "name": inputs.name, "model": config.model, "num_classes": inputs.model.spec.num_classes,
         "sources": inputs.sources, "probe": stage.probe.describe(), "signal": stage.record,

@@ -28,6 +28,11 @@ from onp.models.bundle import Classifier, load_bundle, save_bundle
 
 RULES = ("disagree", "reject")
 DEFAULT_RULE = "disagree"
+AUTO_RULE = "auto"
+"""``onp.apply``'s ``--detector-rule auto``: :func:`choose_rule` on held-in defense data."""
+# auto: the rule with the best held-in clean accuracy among those that flag or answer the true
+# class for at least this share (%) of the held-in probe's triggered images (issue 5's bar).
+AUTO_MIN_FLAGGED_OR_TRUE = 98.0
 # For "reject": B' must give B's class less than this probability to raise an alarm. The largest
 # bound whose false alarms on held-in clean defense images stayed at or below 1% on the
 # Fashion-MNIST BadNets ResNet (0.05 / 0.1 / 0.2 / 0.3: 0.4 / 1.0 / 2.2 / 3.2%; "disagree": 6.4%).
@@ -43,6 +48,33 @@ def check_rule(rule: str, threshold: float) -> None:
         raise ONPInputError(f"detector rule: expected one of {RULES}, found {rule!r}")
     if not 0.0 < threshold <= 1.0:
         raise ONPInputError(f"detector threshold: expected a value in (0, 1], found {threshold}")
+
+
+def choose_rule(
+    scores: dict[tuple[str, float], dict[str, float | None]],
+    min_flagged_or_true: float = AUTO_MIN_FLAGGED_OR_TRUE,
+) -> tuple[str, float]:
+    """The rule with the highest clean accuracy among those reaching ``min_flagged_or_true``.
+
+    If none reaches it, the one with the highest flagged-or-true rate. Meant for scores on
+    held-in defense data (clean images and the probe's triggered ones), never test data.
+
+    Args:
+        scores: ``(rule, threshold)`` to G's rates in % (``clean_accuracy``,
+            ``flagged_or_true``), as :func:`onp.eval.report.rule_table` gives them.
+        min_flagged_or_true: The bar, in %.
+    """
+    if not scores:
+        raise ONPInputError("choose_rule: no rule was scored")
+
+    def rate(key: tuple[str, float], name: str) -> float:
+        value = scores[key].get(name)
+        return -1.0 if value is None else float(value)
+
+    passing = [k for k in scores if rate(k, "flagged_or_true") >= min_flagged_or_true]
+    if passing:
+        return max(passing, key=lambda k: rate(k, "clean_accuracy"))
+    return max(scores, key=lambda k: rate(k, "flagged_or_true"))
 
 
 def decide(

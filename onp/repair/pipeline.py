@@ -33,17 +33,25 @@ from onp.config import config_from_dict, config_to_dict
 from onp.data.registry import load_dataset
 from onp.data.types import ImageSet
 from onp.errors import ONPInputError
-from onp.eval.report import evaluate_outputs, write_outputs
+from onp.eval.report import (
+    ALTERNATIVE_RULES,
+    evaluate_outputs,
+    rule_name,
+    rule_table,
+    write_outputs,
+)
 from onp.graph.mask import ChannelMask
 from onp.io import atomic_path, write_json
 from onp.models.bundle import Classifier, save_bundle
 from onp.models.loading import load_model
 from onp.repair.compact import save_compact
 from onp.repair.detector import (
+    AUTO_RULE,
     DEFAULT_RULE,
     DEFAULT_THRESHOLD,
     BackdoorDetector,
     check_rule,
+    choose_rule,
     save_detector,
 )
 from onp.repair.importance import DEFAULT_IMPORTANCE
@@ -146,7 +154,8 @@ class ApplyConfig:
         "steps optimizing the perturbation"))
     refresh_steps: int = field(default=REFRESH_STEPS, metadata=_help(
         "steps re-optimizing the perturbation before each round (0: fixed)"))
-    detector_rule: str = field(default=DEFAULT_RULE, metadata=_help("disagree or reject"))
+    detector_rule: str = field(default=DEFAULT_RULE, metadata=_help(
+        "disagree, reject, or auto (the best held-in rule, see onp.repair.detector)"))
     detector_threshold: float = field(default=DEFAULT_THRESHOLD, metadata=_help(
         "reject rule: B' probability of B's class below which G flags"))
     seed: int = field(default=0, metadata=_help("seeds everything"))
@@ -164,7 +173,8 @@ class ApplyConfig:
             raise ONPInputError(f"apply: agent_timesteps must be >= 0, "
                                 f"found {self.agent_timesteps}")
         self.sparse_config  # noqa: B018 -- validates the fine-tuning settings early
-        check_rule(self.detector_rule, self.detector_threshold)
+        if self.detector_rule != AUTO_RULE:
+            check_rule(self.detector_rule, self.detector_threshold)
 
     @property
     def resolved_agent_timesteps(self) -> int:
@@ -379,6 +389,19 @@ def choose_mask(task: PruningTask, config: ApplyConfig) -> MaskChoice:
     return _best_mask(result, task, steps, source)
 
 
+def held_in_rule(
+    original: Classifier, repaired: Classifier, stage: ProbeStage
+) -> tuple[str, float]:
+    """G's rule for ``--detector-rule auto``: :func:`choose_rule` over the report's rules,
+    scored on the held-in clean images and the selection probe (defense data only)."""
+    table = rule_table(original, repaired, stage.held_in, stage.selection_probe,
+                       ALTERNATIVE_RULES[0])
+    scores = {(r, t): table[rule_name(r, t)] for r, t in ALTERNATIVE_RULES}
+    chosen = choose_rule(scores)
+    log.info("apply: detector rule %s chosen on held-in data", rule_name(*chosen))
+    return chosen
+
+
 def repaired_classifier(result: SparseResult, original: Classifier, name: str) -> Classifier:
     """The repaired model as a :class:`Classifier` whose spec records where it came from."""
     model = result.model
@@ -421,8 +444,10 @@ def run_apply(
                                   stage.selection_probe, choice.mask, config.sparse_config,
                                   config.seed, inputs.test_poisoned, stage.stamp)
         repaired = repaired_classifier(result, inputs.model, inputs.name)
-        detector = BackdoorDetector(inputs.model, repaired, config.detector_rule,
-                                    config.detector_threshold)
+        rule = (config.detector_rule, config.detector_threshold)
+        if config.detector_rule == AUTO_RULE:
+            rule = held_in_rule(inputs.model, repaired, stage)
+        detector = BackdoorDetector(inputs.model, repaired, *rule)
     with timer.stage("evaluate"):
         evaluation = evaluate_outputs(inputs, detector, config)
     with atomic_path(out, is_dir=True) as tmp:

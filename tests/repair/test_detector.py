@@ -10,7 +10,13 @@ from torch import nn
 
 from onp.errors import ONPInputError
 from onp.models.bundle import ModelSpec, make_classifier
-from onp.repair.detector import BackdoorDetector, decide, load_detector, save_detector
+from onp.repair.detector import (
+    BackdoorDetector,
+    choose_rule,
+    decide,
+    load_detector,
+    save_detector,
+)
 
 SHAPE = (1, 4, 4)
 
@@ -87,3 +93,17 @@ def test_bad_detectors_are_clear_errors(tmp_path) -> None:
         BackdoorDetector(three, three, rule="vote")
     with pytest.raises(ONPInputError, match="detector.json"):
         load_detector(tmp_path)
+
+
+def test_choose_rule_takes_the_best_clean_accuracy_among_rules_that_catch_enough() -> None:
+    scores = {("disagree", 1.0): {"clean_accuracy": 90.2, "flagged_or_true": 99.0},
+              ("reject", 0.1): {"clean_accuracy": 91.9, "flagged_or_true": 97.7},
+              ("reject", 0.2): {"clean_accuracy": 91.6, "flagged_or_true": 98.4},
+              ("reject", 0.3): {"clean_accuracy": 91.4, "flagged_or_true": 98.7}}
+    assert choose_rule(scores) == ("reject", 0.2)
+    assert choose_rule(scores, min_flagged_or_true=99.0) == ("disagree", 1.0)
+    # none reaches the bar: the one that catches most
+    assert choose_rule(scores, min_flagged_or_true=99.5) == ("disagree", 1.0)
+    unmeasured = {("reject", 0.1): {"clean_accuracy": None, "flagged_or_true": None},
+                  ("reject", 0.2): {"clean_accuracy": 80.0, "flagged_or_true": 50.0}}
+    assert choose_rule(unmeasured) == ("reject", 0.2)
