@@ -19,9 +19,8 @@ Each round builds its mask from scratch and trains one epoch under it:
 4. score the round on held-in defense data only: clean accuracy on held-in clean images and the
    proxy ASR of the probe (whose images are held-in too). With trigger unlearning the stamp
    first follows the net just trained (``refresh``) and the proxy ASR is that of the stamp's
-   own probe: a fixed trigger that training has unlearned says little about what is left (on
-   the BadNets ResNet with distillation, the fixed probe read 1.2% at a true 3.4%; the
-   re-fitted one 5.1%).
+   own probe: a fixed trigger that training has just unlearned reads near 0 whatever is left
+   of the backdoor, while a re-fitted one measures how easily the target is still reached.
 
 The kept checkpoint is the round with the highest held-in utility ``CA - asr_weight * proxy ASR``
 (the environment's utility), its mask baked into the weights. Test data never enters; a true ASR
