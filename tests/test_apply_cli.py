@@ -17,8 +17,7 @@ from onp.graph.mask import masked
 from onp.models.bundle import load_bundle
 from onp.repair import pipeline
 from onp.repair.compact import load_compact
-from onp.repair.detector import load_detector
-from onp.repair.detector import choose_rule
+from onp.repair.detector import choose_rule, load_detector
 from onp.repair.pipeline import ApplyConfig
 from onp.train_agent import main as train_agent_main
 
@@ -29,9 +28,8 @@ TINY_PPO = '{"n_steps": 16, "batch_size": 8, "n_epochs": 1, "hidden": 8, "layers
 
 def _tiny(out: Path, *extra: str) -> list[str]:
     return ["--signal", TINY_SIGNAL, "--ppo", TINY_PPO, "--agent-timesteps", "16",
-            "--rounds", "2", "--clean-batch", "64", "--probe-batch", "32", "--perturbation-steps", "8",
-            "--refresh-steps", "2", "--out", str(out),
-            *extra]
+            "--rounds", "2", "--clean-batch", "64", "--probe-batch", "32",
+            "--perturbation-steps", "8", "--refresh-steps", "2", "--out", str(out), *extra]
 
 
 def _subject_args(infected_run: Path, tiny_data: Path) -> list[str]:

@@ -133,9 +133,10 @@ def rule_table(
 
 
 def evaluate_outputs(
-    inputs: ApplyInputs, detector: BackdoorDetector, config: ApplyConfig
+    inputs: ApplyInputs, detector: BackdoorDetector
 ) -> dict[str, Any]:
-    """Held-out metrics of B, B' and G (several rules), and what could not be measured."""
+    """Held-out metrics of B, B' and G (its rule first, then the others), and what could not be
+    measured."""
     result: dict[str, Any] = {"not_measured": _not_measured(inputs)}
     clean, probe = inputs.test_clean, inputs.test_poisoned
     if clean is None and probe is None:

@@ -449,7 +449,7 @@ def run_apply(
             rule = held_in_rule(inputs.model, repaired, stage)
         detector = BackdoorDetector(inputs.model, repaired, *rule)
     with timer.stage("evaluate"):
-        evaluation = evaluate_outputs(inputs, detector, config)
+        evaluation = evaluate_outputs(inputs, detector)
     with atomic_path(out, is_dir=True) as tmp:
         with timer.stage("save"):
             save_bundle(repaired, tmp / "repaired")

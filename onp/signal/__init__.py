@@ -11,6 +11,7 @@ With a known trigger (evaluation only; the probe says ``known_trigger=True``)::
 """
 
 from onp.signal.config import SignalConfig
+from onp.signal.perturbation import stamp_perturbation, universal_perturbation
 from onp.signal.probe import (
     KNOWN_TRIGGER,
     SYNTHESIZED,
@@ -32,7 +33,6 @@ from onp.signal.target import (
     collapse_shares,
     identify_target,
 )
-from onp.signal.perturbation import stamp_perturbation, universal_perturbation
 from onp.signal.trigger import SynthesizedTrigger, synthesize_trigger
 
 __all__ = [

@@ -13,8 +13,8 @@ from onp.eval.metrics import predict
 from onp.graph.mask import full_mask
 from onp.repair.sparse import SparseConfig, prune_and_regrow, round_training_set
 from onp.repair.unlearn import KnownTriggerStamp, SuspectedTriggers
-from onp.signal.probe import SYNTHESIZED, BackdoorProbe
 from onp.signal.perturbation import stamp_perturbation, universal_perturbation
+from onp.signal.probe import SYNTHESIZED, BackdoorProbe
 from onp.training import TrainSettings, train_classifier
 
 from .test_sparse import SHAPE, _model, _probe, _toy
