@@ -20,7 +20,6 @@ original weights are pruned.
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -31,17 +30,15 @@ from tqdm.auto import tqdm
 from onp.data.types import ImageSet
 from onp.defenses import defaults
 from onp.defenses.base import Defense, RepairResult, register_defense
-from onp.defenses.common import held_in_accuracy, model_device, split_for_selection
+from onp.defenses.common import model_device, split_for_selection
 from onp.defenses.neuron_masks import (
     MaskPruningSettings,
     MaskUnits,
     SoftMask,
     mask_units,
-    prune_by_mask_values,
+    prune_and_describe,
 )
 from onp.graph.groups import trace_groups
-
-log = logging.getLogger(__name__)
 
 MASK_MOMENTUM = 0.9  # SGD momentum of the mask (optimize_mask_cifar.py)
 
@@ -135,16 +132,4 @@ class ANP(Defense):
         groups = trace_groups(model, tuple(defense.images.shape[1:]))
         units = mask_units(model, groups, s.granularity)
         values = optimize_mask(model, units, fit, s, seed)
-        keep, scan = prune_by_mask_values(model, units, values, held_in, s.pruning,
-                                          "anp pruning scan")
-        pruned = torch.nonzero(~keep).flatten().tolist()
-        log.info("anp: %s %s prunes %d of %d units", s.pruning_by, scan.chosen, len(pruned),
-                 len(keep))
-        return RepairResult(model, {
-            "pruning_by": s.pruning_by, "chosen": scan.chosen, "pruned": len(pruned),
-            "granularity": units.granularity, "units": units.count,
-            "pruned_units": [units.label(u) for u in pruned],
-            "scan": scan.describe(),
-            "mask_values": [round(float(v), 4) for v in values],
-            "held_in_accuracy": round(held_in_accuracy(model, held_in), 4),
-        })
+        return RepairResult(model, prune_and_describe(model, units, values, held_in, s, "anp"))

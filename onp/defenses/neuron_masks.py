@@ -33,7 +33,9 @@ its output becomes the constant shift; :func:`bake_soft_mask` writes that into t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -45,6 +47,8 @@ from onp.defenses import defaults
 from onp.defenses.common import ScanResult, held_in_accuracy, largest_within_drop
 from onp.errors import ONPInputError
 from onp.graph.groups import PRUNABLE_TYPES, ChannelGroups
+
+log = logging.getLogger(__name__)
 
 BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 GRANULARITIES = ("layer", "node")
@@ -368,3 +372,28 @@ def prune_by_mask_values(
     keep = keep_for(scan.chosen) if scan.chosen is not None else torch.ones(units.count).bool()
     bake_soft_mask(model, units, keep)
     return keep, scan
+
+
+def prune_and_describe(
+    model: nn.Module, units: MaskUnits, values: torch.Tensor, held_in: ImageSet,
+    settings: MaskPruningSettings, name: str,
+) -> dict[str, Any]:
+    """:func:`prune_by_mask_values` with ``settings``, then what ANP and RNP both report.
+
+    Returns:
+        JSON-ready: the choice, the pruned units, the scan, the mask values and the pruned
+        model's held-in accuracy.
+    """
+    keep, scan = prune_by_mask_values(model, units, values, held_in, settings.pruning,
+                                      f"{name} pruning scan")
+    pruned = torch.nonzero(~keep).flatten().tolist()
+    log.info("%s: %s %s prunes %d of %d units", name, settings.pruning_by, scan.chosen,
+             len(pruned), len(keep))
+    return {
+        "pruning_by": settings.pruning_by, "chosen": scan.chosen, "pruned": len(pruned),
+        "granularity": units.granularity, "units": units.count,
+        "pruned_units": [units.label(u) for u in pruned],
+        "scan": scan.describe(),
+        "mask_values": [round(float(v), 4) for v in values],
+        "held_in_accuracy": round(held_in_accuracy(model, held_in), 4),
+    }

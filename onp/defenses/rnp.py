@@ -35,13 +35,13 @@ from tqdm.auto import tqdm
 from onp.data.types import ImageSet
 from onp.defenses import defaults
 from onp.defenses.base import Defense, RepairResult, register_defense
-from onp.defenses.common import held_in_accuracy, model_device, split_for_selection
+from onp.defenses.common import model_device, split_for_selection
 from onp.defenses.neuron_masks import (
     MaskPruningSettings,
     MaskUnits,
     SoftMask,
     mask_units,
-    prune_by_mask_values,
+    prune_and_describe,
 )
 from onp.graph.groups import trace_groups
 
@@ -178,18 +178,10 @@ class RNP(Defense):
         unlearned, unlearn_accuracy = unlearn(model, fit, s, seed)
         values, recover_losses = recover_mask(unlearned, units, fit, s, seed)
         del unlearned
-        keep, scan = prune_by_mask_values(model, units, values, held_in, s.pruning,
-                                          "rnp pruning scan")
-        pruned = torch.nonzero(~keep).flatten().tolist()
         info: dict[str, Any] = {
             "unlearn_steps": len(unlearn_accuracy),
             "unlearn_accuracy": [round(a, 4) for a in unlearn_accuracy],
             "recover_losses": [round(v, 4) for v in recover_losses],
-            "pruning_by": s.pruning_by, "chosen": scan.chosen, "pruned": len(pruned),
-            "granularity": units.granularity, "units": units.count,
-            "pruned_units": [units.label(u) for u in pruned],
-            "scan": scan.describe(),
-            "mask_values": [round(float(v), 4) for v in values],
-            "held_in_accuracy": round(held_in_accuracy(model, held_in), 4),
+            **prune_and_describe(model, units, values, held_in, s, "rnp"),
         }
         return RepairResult(model, info)
