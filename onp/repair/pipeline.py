@@ -153,7 +153,7 @@ class ApplyConfig:
     perturbation_steps: int = field(default=PERTURBATION_STEPS, metadata=_help(
         "steps optimizing the perturbation"))
     refresh_steps: int = field(default=REFRESH_STEPS, metadata=_help(
-        "steps re-optimizing the perturbation before each round (0: fixed)"))
+        "steps re-fitting the perturbation after each round (0: fixed)"))
     detector_rule: str = field(default=DEFAULT_RULE, metadata=_help(
         "disagree, reject, or auto (the best held-in rule, see onp.repair.detector)"))
     detector_threshold: float = field(default=DEFAULT_THRESHOLD, metadata=_help(

@@ -5,10 +5,10 @@ Each prune-and-regrow round adds stamped copies of some fitting images, with the
 triggers of :mod:`onp.signal`: the synthesized patch on half the images and a universal
 perturbation on the other half. After every round the perturbation is re-fitted to the model
 being repaired (a warm start of a few steps): once one perturbation is unlearned the backdoor is
-reached by another, and chasing it is what removes a blended trigger (measured: Blended ResNet,
-true ASR 7.7% with a fixed perturbation, 0.8% re-fitted). The re-fitted perturbation on held-in
-images also scores the round (:meth:`SuspectedTriggers.probe`). With a known trigger (labelled
-mode) the real trigger is stamped instead.
+reached by another, and chasing it is meant to remove what is left of a blended trigger. The
+re-fitted perturbation on held-in images also scores the round
+(:meth:`SuspectedTriggers.probe`). With a known trigger (labelled mode) the real trigger is
+stamped instead.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from onp.signal.probe import SYNTHESIZED, BackdoorProbe, concat_probes
 
 log = logging.getLogger(__name__)
 
-# Steps per round to follow the model with the perturbation (a warm start): 60 steps took ~5 s
-# per round and brought the Blended ResNet's true ASR from 7.7% (no refresh) to 0.8%.
+# Steps per round to follow the model with the perturbation (a warm start), about 5 s per round
+# on 2 cores. Set while exploring with scratch runs that read the held-out ASR of the Blended
+# seed-0 model; not yet re-chosen on held-in data.
 REFRESH_STEPS = 60
 
 
