@@ -3,7 +3,8 @@
 The mask-and-pattern trigger of :mod:`onp.signal.trigger` models a patch. A blended trigger
 (``x' = (1 - a) x + a n``) is an additive change spread over the whole image, which unlearning
 a small patch need not remove. One perturbation ``d`` (``||d||_inf <= eps``) is optimized so
-that ``clip(x + d)`` is classified as the target for clean images of other classes, as in the inner step of I-BAU (Zeng et al., ICLR 2022).
+that ``clip(x + d)`` is classified as the target for clean images of other classes, as in the
+inner step of I-BAU (Zeng et al., ICLR 2022).
 """
 
 from __future__ import annotations
