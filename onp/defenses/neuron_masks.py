@@ -145,39 +145,23 @@ class MaskPruning:
 
 
 @dataclass(frozen=True)
-class MaskPruningSettings:
+class MaskPruningSettings(MaskPruning):
     """The mask-pruning and held-in settings ANP and RNP share; their settings extend it.
 
-    Attributes:
-        pruning_by: ``"number"`` or ``"threshold"`` (see :class:`MaskPruning`).
-        pruning_step: Spacing of the candidate thresholds.
-        number_step: Share of the units added per candidate count.
-        pruning_max: Largest candidate threshold, or share of the units.
-        max_drop: Tolerated held-in accuracy drop of the choice, a fraction.
-        held_in_fraction: Share of the defense data held in for that choice.
+    Attributes (besides :class:`MaskPruning`'s):
+        held_in_fraction: Share of the defense data held in for the choice.
         granularity: ``"layer"`` (one mask value per BatchNorm/conv channel, as the papers) or
             ``"node"`` (one per coupled channel group node).
     """
 
-    pruning_by: str = defaults.MASK_PRUNING_BY
-    pruning_step: float = defaults.MASK_PRUNING_STEP
-    number_step: float = defaults.MASK_PRUNING_NUMBER_STEP
-    pruning_max: float = defaults.MASK_PRUNING_MAX
-    max_drop: float = defaults.MASK_PRUNING_MAX_DROP
     held_in_fraction: float = defaults.HELD_IN_FRACTION
     granularity: str = defaults.MASK_GRANULARITY
 
     def __post_init__(self) -> None:
-        self.pruning  # noqa: B018 -- fail on bad pruning settings when built, not after training
+        super().__post_init__()  # fail on bad pruning settings when built, not after training
         if self.granularity not in GRANULARITIES:
             raise ONPInputError(f"{self.granularity!r}: granularity must be one of "
                                 f"{GRANULARITIES}")
-
-    @property
-    def pruning(self) -> MaskPruning:
-        """How the learned mask prunes (derived, never stored)."""
-        return MaskPruning(self.pruning_by, self.pruning_step, self.number_step,
-                           self.pruning_max, self.max_drop)
 
 
 @dataclass(frozen=True)
@@ -384,7 +368,7 @@ def prune_and_describe(
         JSON-ready: the choice, the pruned units, the scan, the mask values and the pruned
         model's held-in accuracy.
     """
-    keep, scan = prune_by_mask_values(model, units, values, held_in, settings.pruning,
+    keep, scan = prune_by_mask_values(model, units, values, held_in, settings,
                                       f"{name} pruning scan")
     pruned = torch.nonzero(~keep).flatten().tolist()
     log.info("%s: %s %s prunes %d of %d units", name, settings.pruning_by, scan.chosen,

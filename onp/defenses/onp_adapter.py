@@ -56,18 +56,23 @@ class OnpSettings:
     options: dict = field(default_factory=dict)
 
 
+PUBLISHED_RECIPE = {"unlearn_fraction": 0.0, "distill_weight": 0.0}
+"""ApplyConfig values that turn ONP's additions (trigger unlearning, distillation from B) off,
+leaving the published sparse fine-pruning recipe; ``sfp-random`` starts from these."""
+
+
 @dataclass(frozen=True)
 class RandomMaskSettings(OnpSettings):
     """Settings of :class:`SparseFinePruningRandom`.
 
     Attributes:
-        options: ApplyConfig overrides; by default the published recipe (sparse fine-pruning,
-            no trigger unlearning), so that this row is the baseline people know.
+        options: ApplyConfig overrides on top of :data:`PUBLISHED_RECIPE` (sparse fine-pruning
+            without ONP's trigger unlearning and distillation), so that this row stays the
+            baseline people know whatever else a suite shortens.
         fraction: Share of the channel nodes in the random seed mask (the random-pruning
             control's, so that the two rows differ only by the sparse fine-tuning).
     """
 
-    options: dict = field(default_factory=lambda: {"unlearn_fraction": 0.0})
     fraction: float = defaults.RANDOM_PRUNING_FRACTION
 
 
@@ -146,6 +151,8 @@ class SparseFinePruningRandom(Defense):
         load_pipeline()  # skip before tracing when the pipeline is missing
         groups = trace_groups(model, tuple(defense.images.shape[1:]))
         mask = random_node_mask(groups, round(s.fraction * groups.num_nodes), seed)
-        result = run_pipeline(model, defense, seed, dict(s.options), seed_mask=mask)
+        options = {**PUBLISHED_RECIPE, **s.options}
+        result = run_pipeline(model, defense, seed, options, seed_mask=mask)
+        result.info["options"] = options
         result.info["seed_pruned"] = torch.nonzero(~mask).flatten().tolist()
         return result

@@ -43,6 +43,7 @@ def _fake_pipeline(calls: list[dict]) -> types.ModuleType:
         overwrite: bool = False
         rounds: int = 10
         unlearn_fraction: float = 0.2
+        distill_weight: float = 0.25
         extra: dict = field(default_factory=dict)
 
     @dataclass
@@ -82,11 +83,13 @@ def test_the_pipeline_gets_the_defense_data_only_and_b_prime_is_read_back(
     checks.assert_repaired_shape(model, result.model)
     assert result.info["sparse"]["best_round"] == 2 and "test" not in result.info
 
-    result = build_defense("sfp-random", {"fraction": 0.25}).repair(model, defense_set, seed=1)
-    mask = calls[-1]["mask"]
+    result = build_defense("sfp-random", {"fraction": 0.25, "options": {"rounds": 3}}).repair(
+        model, defense_set, seed=1)
+    mask, config = calls[-1]["mask"], calls[-1]["config"]
     groups = trace_groups(model, (1, 12, 12))
     assert int((~mask).sum()) == round(0.25 * groups.num_nodes) == result.info["mask"]["pruned"]
-    assert calls[-1]["config"].unlearn_fraction == 0.0  # the published recipe: no unlearning
+    # a suite's shortening keeps the published recipe: no unlearning, no distillation
+    assert config.rounds == 3 and config.unlearn_fraction == 0.0 and config.distill_weight == 0.0
     assert all(bool(keep.any()) for keep in groups.split(mask))  # no group cut entirely
 
 
