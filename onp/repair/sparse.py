@@ -372,7 +372,8 @@ def prune_and_regrow(
         evaluation: Held-out poisoned images for the per-round true ASR (plot only; never
             used to choose anything) (default: none).
         stamp: Puts the suspected trigger on images, for ``config.unlearn_fraction``
-            (default: none, no unlearning).
+            (default: none, no unlearning). Not modified: a copy follows the net, so that runs
+            sharing one stamp start alike.
 
     Returns:
         The result; ``result.model`` is a new module.
@@ -381,6 +382,7 @@ def prune_and_regrow(
     seed_mask = check_mask(groups, seed_mask)
     work = copy.deepcopy(model).eval()
     teacher = copy.deepcopy(model).eval() if config.distill_weight > 0 else None
+    stamp = copy.deepcopy(stamp)
     chosen = chosen_nodes(groups, config.group_kinds, config.coupled)
     importance_set = subsample(fit, min(config.importance_images, len(fit)), seed=seed).images
     curve = None if evaluation is None else first_images(evaluation, CURVE_IMAGES)

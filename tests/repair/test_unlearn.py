@@ -93,19 +93,25 @@ def test_a_known_trigger_stamp_puts_the_real_trigger_on() -> None:
 
 
 class _CountingStamp:
-    """A corner patch that counts its refreshes; scores rounds with ``current`` if given."""
+    """A corner patch that counts refreshes and stamped images in ``counts``, which its copies
+    share; scores rounds with ``current`` if given."""
 
-    def __init__(self, current: BackdoorProbe | None = None) -> None:
-        self.refreshes = 0
-        self.stamped = 0
+    def __init__(self, current: BackdoorProbe | None = None,
+                 counts: dict[str, int] | None = None) -> None:
+        self.counts = counts if counts is not None else {"refreshes": 0, "stamped": 0}
         self.current = current
+        self.copies = 0
+
+    def __deepcopy__(self, memo: dict) -> _CountingStamp:
+        self.copies += 1
+        return _CountingStamp(self.current, self.counts)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        self.stamped += len(images)
+        self.counts["stamped"] += len(images)
         return _corner(images)
 
     def refresh(self, model: torch.nn.Module) -> None:
-        self.refreshes += 1
+        self.counts["refreshes"] += 1
 
     def probe(self) -> BackdoorProbe | None:
         return self.current
@@ -119,8 +125,9 @@ def test_the_rounds_refresh_and_stamp_only_when_unlearning(fraction: float) -> N
     config = SparseConfig(sparsity=0.25, rounds=3, batch_size=32, unlearn_fraction=fraction)
     prune_and_regrow(model, groups, fit, held, _probe(held), full_mask(groups), config,
                      stamp=stamp)
-    assert stamp.refreshes == (3 if fraction else 0)
-    assert stamp.stamped == (3 * 32 if fraction else 0)
+    assert stamp.counts == {"refreshes": 3 if fraction else 0,
+                            "stamped": 3 * 32 if fraction else 0}
+    assert stamp.copies == 1  # the rounds use a copy: the stamp given stays as it was
 
 
 def test_rounds_are_scored_with_the_stamps_current_probe() -> None:
@@ -135,3 +142,14 @@ def test_rounds_are_scored_with_the_stamps_current_probe() -> None:
                                   stamp=_CountingStamp(stamp_probe))
         kept = result.rounds[result.best_round]  # result.model is that round, mask baked in
         assert kept.proxy_asr == expected.asr_of(predict(result.model, expected.images))
+
+
+def test_the_rounds_leave_the_suspected_triggers_given_as_they_were() -> None:
+    model, groups = _model()
+    fit, held = _toy(64, 1), _toy(32, 2)
+    delta = torch.full((1, *SHAPE), 0.05)
+    stamp = SuspectedTriggers(_corner, delta.clone(), 1, fit.images, eps=0.2, refresh_steps=3)
+    config = SparseConfig(sparsity=0.25, rounds=2, batch_size=32, unlearn_fraction=0.5)
+    prune_and_regrow(model, groups, fit, held, _probe(held), full_mask(groups), config,
+                     stamp=stamp)
+    assert stamp.refreshes == 0 and torch.equal(stamp.perturbation, delta)
