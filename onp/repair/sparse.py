@@ -93,7 +93,8 @@ DEFAULT_BATCH_SIZE = 64  # ~35 steps per epoch on the ~2,100 fitting images of F
 IMPORTANCE_IMAGES = 512  # clean images per activation score; the ranking is stable by then
 # Trigger unlearning and distillation, chosen on the Fashion-MNIST BadNets ResNet (agent seed,
 # X = 0.2) by the held-in utility CA - proxy ASR of the kept round, the proxy read with the
-# perturbation re-fitted after the round (benchmarks/repair_settings.py, README):
+# perturbation re-fitted after the round (benchmarks/repair_settings.py, README; with the
+# perturbation's bound at 0.1, before it was re-chosen at 0.2):
 #   unlearn 0.2, no distillation:    held-in CA 90.0%, proxy 2.4%
 #   unlearn 0.2, distillation 0.5:   held-in CA 92.2%, proxy 2.5%
 #   unlearn 0.3, distillation 0.25:  held-in CA 92.0%, proxy 1.2%   <- kept
