@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from onp.bench.config import SuiteConfig
+from onp.bench.report import summary_lines
+from onp.bench.runner import OK, CellResult
 from onp.benchmark import main
 from onp.config import parse_config
 from onp.defenses.onp_adapter import PIPELINE_MODULE
@@ -92,3 +94,19 @@ def test_a_missing_suite_or_unknown_defense_is_exit_code_2(tmp_path: Path) -> No
     assert main(["--suite", str(CONFIGS / "quick.yaml"), "--defenses", "magic",
                  "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_the_summary_averages_der_over_seeds_then_attacks() -> None:
+    config = SuiteConfig(attacks=["badnets", "blended"], seeds=[0, 1], defenses=["anp", "onp"])
+    cells = [CellResult("badnets", 0, "anp", OK, der=0.90),
+             CellResult("badnets", 1, "anp", OK, der=0.80),
+             CellResult("blended", 0, "anp", OK, der=0.60),
+             CellResult("blended", 1, "anp", "failed", error="boom"),
+             CellResult("badnets", 0, "onp", OK, der=0.95),
+             CellResult("blended", 0, "onp", "skipped", error="no pipeline")]
+    lines = summary_lines(config, cells)
+    # anp: badnets (90 + 80) / 2 = 85, blended 60 (the failed seed left out), mean 72.5
+    assert "| anp | 72.50 | 85.00 | 60.00 |" in lines
+    assert "| onp | – | 95.00 | – |" in lines  # no finished blended cell: no mean
+    assert lines.index("| anp | 72.50 | 85.00 | 60.00 |") < lines.index("| onp | – | 95.00 | – |")
+    assert "Best DER per attack: badnets: onp (95.00); blended: anp (60.00)." in lines

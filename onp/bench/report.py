@@ -4,7 +4,8 @@
 - ``results.json``: every cell with its settings and the defense's record of its choices, the
   resolved suite configuration and the environment;
 - ``results.md``: per attack, one line per defense: mean ± standard deviation over the seeds
-  whose cell finished, and how many did;
+  whose cell finished, and how many did; then each defense's DER averaged over the attacks, and
+  the defense with the best DER on each attack;
 - ``asr_vs_ca.png``: each finished cell as a point (clean accuracy, attack success rate), one
   colour per defense, one marker per attack.
 """
@@ -104,7 +105,37 @@ def markdown_table(config: SuiteConfig, cells: Sequence[CellResult]) -> str:
                 f"{'; '.join(n.replace('|', '/') for n in notes)} |"
             )
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + summary_lines(config, cells))
+
+
+def _mean_der(cells: Sequence[CellResult], attack: str, defense: str) -> float | None:
+    """Mean DER (%) over the finished seeds of one attack and defense (``None``: none)."""
+    done = [100 * c.der for c in cells
+            if c.attack == attack and c.defense == defense and c.status == OK]
+    return statistics.mean(done) if done else None
+
+
+def summary_lines(config: SuiteConfig, cells: Sequence[CellResult]) -> list[str]:
+    """Mean DER over the attacks per defense (``–`` unless every attack has a finished cell),
+    best first, and the defense with the best mean DER on each attack."""
+    per_attack = {d: [_mean_der(cells, a, d) for a in config.attacks] for d in config.defenses}
+    means = {d: statistics.mean(v) if None not in v else None for d, v in per_attack.items()}
+    order = sorted(config.defenses, key=lambda d: -math.inf if means[d] is None else means[d],
+                   reverse=True)
+    lines = ["## Mean DER over the attacks", "",
+             "| defense | mean DER | " + " | ".join(config.attacks) + " |",
+             "|---|---|" + "---|" * len(config.attacks)]
+    for defense in order:
+        cols = ["–" if v is None else f"{v:.2f}" for v in per_attack[defense]]
+        mean = "–" if means[defense] is None else f"{means[defense]:.2f}"
+        lines.append(f"| {defense} | {mean} | " + " | ".join(cols) + " |")
+    best = []
+    for index, attack in enumerate(config.attacks):
+        scored = [(v[index], d) for d, v in per_attack.items() if v[index] is not None]
+        if scored:
+            value, defense = max(scored)
+            best.append(f"{attack}: {defense} ({value:.2f})")
+    return lines + ["", "Best DER per attack: " + ("; ".join(best) or "none finished") + ".", ""]
 
 
 def plot_asr_vs_ca(config: SuiteConfig, cells: Sequence[CellResult], path: Path) -> None:
