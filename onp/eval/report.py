@@ -242,19 +242,23 @@ def write_outputs(
     directory: Path, inputs: ApplyInputs, stage: ProbeStage, choice: MaskChoice,
     groups: ChannelGroups, result: SparseResult, detector: BackdoorDetector,
     evaluation: dict[str, Any], seconds: dict[str, float], config: ApplyConfig,
+    rule_probe: BackdoorProbe | None = None,
 ) -> dict[str, Any]:
-    """Write ``report.json``, ``report.md``, ``masks.json`` and ``plots/`` into ``directory``."""
+    """Write ``report.json``, ``report.md``, ``masks.json`` and ``plots/`` into ``directory``.
+
+    ``rule_probe`` scores G's rules on held-in data (default: the selection probe)."""
     seed, final = choice.mask, result.mask
     probe = stage.selection_probe
+    rule_probe = probe if rule_probe is None else rule_probe
     after = held_in_scores(detector.repaired, stage.held_in, probe)
-    held_in_rules = rule_table(detector.original, detector.repaired, stage.held_in, probe,
+    held_in_rules = rule_table(detector.original, detector.repaired, stage.held_in, rule_probe,
                                (detector.rule, detector.threshold))
     report: dict[str, Any] = {
         "name": inputs.name, "model": config.model, "num_classes": inputs.model.spec.num_classes,
         "sources": inputs.sources, "probe": stage.probe.describe(), "signal": stage.record,
         "data": {"defense": len(inputs.defense), "fit": len(stage.fit),
                  "held_in": len(stage.held_in), "probe": len(stage.probe),
-                 "selection_probe": len(probe)},
+                 "selection_probe": len(probe), "detector_probe": len(rule_probe)},
         "mask": {"source": choice.source, "timesteps": choice.timesteps,
                  "utility": choice.utility, "pruned": int((~seed).sum()),
                  "num_nodes": groups.num_nodes},

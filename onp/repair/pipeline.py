@@ -389,13 +389,26 @@ def choose_mask(task: PruningTask, config: ApplyConfig) -> MaskChoice:
     return _best_mask(result, task, steps, source)
 
 
+def detector_probe(stage: ProbeStage, repaired: Classifier, config: ApplyConfig) -> BackdoorProbe:
+    """Held-in triggered images to score G's rules on (defense data only).
+
+    B' was trained to resist the stamp's perturbation, so the selection probe flatters any rule
+    that trusts B'. Trigger-free, the perturbation is therefore fitted afresh to B'; with a known
+    trigger the selection probe is used as is.
+    """
+    if isinstance(stage.stamp, SuspectedTriggers):
+        fresh = stage.stamp.fresh_probe(repaired, config.perturbation_steps)
+        if fresh is not None:
+            return fresh
+    return stage.selection_probe
+
+
 def held_in_rule(
-    original: Classifier, repaired: Classifier, stage: ProbeStage
+    original: Classifier, repaired: Classifier, held_in: ImageSet, probe: BackdoorProbe
 ) -> tuple[str, float]:
     """G's rule for ``--detector-rule auto``: :func:`choose_rule` over the report's rules,
-    scored on the held-in clean images and the selection probe (defense data only)."""
-    table = rule_table(original, repaired, stage.held_in, stage.selection_probe,
-                       ALTERNATIVE_RULES[0])
+    scored on the held-in clean images and ``probe`` (:func:`detector_probe`)."""
+    table = rule_table(original, repaired, held_in, probe, ALTERNATIVE_RULES[0])
     scores = {(r, t): table[rule_name(r, t)] for r, t in ALTERNATIVE_RULES}
     chosen = choose_rule(scores)
     log.info("apply: detector rule %s chosen on held-in data", rule_name(*chosen))
@@ -445,8 +458,9 @@ def run_apply(
                                   config.seed, inputs.test_poisoned, stage.stamp)
         repaired = repaired_classifier(result, inputs.model, inputs.name)
         rule = (config.detector_rule, config.detector_threshold)
+        rule_probe = detector_probe(stage, repaired, config)
         if config.detector_rule == AUTO_RULE:
-            rule = held_in_rule(inputs.model, repaired, stage)
+            rule = held_in_rule(inputs.model, repaired, stage.held_in, rule_probe)
         detector = BackdoorDetector(inputs.model, repaired, *rule)
     with timer.stage("evaluate"):
         evaluation = evaluate_outputs(inputs, detector)
@@ -457,6 +471,6 @@ def run_apply(
             save_detector(detector, tmp / "detector")
             write_json(tmp / "config.json", config_to_dict(config))
         report = write_outputs(tmp, inputs, stage, choice, task.groups, result, detector,
-                               evaluation, timer.seconds, config)
+                               evaluation, timer.seconds, config, rule_probe)
     log.info("apply: wrote %s", out)
     return report

@@ -98,11 +98,26 @@ class SuspectedTriggers:
 
     def probe(self) -> BackdoorProbe | None:
         """The base probe plus the held-in images with the perturbation as it is now."""
+        return self._probe_with(self.perturbation)
+
+    def fresh_probe(self, model: nn.Module, steps: int) -> BackdoorProbe | None:
+        """The base probe plus the held-in images with a perturbation fitted afresh (from zero)
+        to ``model``: a reading that training against this stamp's perturbation did not shape.
+        ``model`` and this stamp are not modified."""
         if self.perturbation is None or self.probe_images is None:
+            return self.base_probe
+        was_training = model.training
+        fresh = universal_perturbation(model, self.images, self.target, self.eps, steps,
+                                       seed=self.seed)
+        model.train(was_training)
+        return self._probe_with(fresh)
+
+    def _probe_with(self, perturbation: torch.Tensor | None) -> BackdoorProbe | None:
+        if perturbation is None or self.probe_images is None:
             return self.base_probe
         assert self.probe_labels is not None
         count = len(self.probe_images)
-        current = BackdoorProbe(stamp_perturbation(self.probe_images, self.perturbation),
+        current = BackdoorProbe(stamp_perturbation(self.probe_images, perturbation),
                                 torch.full((count,), self.target, dtype=torch.int64),
                                 self.probe_labels, known_trigger=False, source=SYNTHESIZED)
         return current if self.base_probe is None else concat_probes(self.base_probe, current)

@@ -153,3 +153,23 @@ def test_the_rounds_leave_the_suspected_triggers_given_as_they_were() -> None:
     prune_and_regrow(model, groups, fit, held, _probe(held), full_mask(groups), config,
                      stamp=stamp)
     assert stamp.refreshes == 0 and torch.equal(stamp.perturbation, delta)
+
+
+def test_a_fresh_probe_fits_a_new_perturbation_and_leaves_the_stamp_alone() -> None:
+    model, _ = _model()
+    data = _toy(128, 0)
+    train_classifier(model, data.images, data.labels, TrainSettings(epochs=8, batch_size=32))
+    images = data.images[data.labels != 1]
+    held = _toy(16, 3)
+    others = held.labels != 1
+    delta = torch.zeros(1, *SHAPE)
+    stamp = SuspectedTriggers(None, delta.clone(), 1, images, eps=0.3, base_probe=_probe(held),
+                              probe_images=held.images[others], probe_labels=held.labels[others])
+    fresh = stamp.fresh_probe(model, steps=40)
+    assert fresh is not None and len(fresh) == len(_probe(held)) + int(others.sum())
+    added = fresh.images[len(_probe(held)):] - held.images[others]
+    assert float(added.abs().max()) > 0.0  # a perturbation fitted to the model, not the zero one
+    assert float(added.abs().max()) <= 0.3 + 1e-6
+    assert torch.equal(stamp.perturbation, delta) and stamp.refreshes == 0
+    assert fresh.asr_of(predict(model, fresh.images)) >= stamp.probe().asr_of(
+        predict(model, stamp.probe().images))
