@@ -89,12 +89,10 @@ class SuspectedTriggers:
         """Re-fit the perturbation to ``model`` as it is now (a warm start)."""
         if self.perturbation is None or self.refresh_steps == 0:
             return
-        was_training = model.training
-        self.perturbation = universal_perturbation(
+        self.perturbation = universal_perturbation(  # fits through a copy: model untouched
             model, self.images, self.target, self.eps, self.refresh_steps,
             seed=self.seed + self.refreshes, start=self.perturbation)
         self.refreshes += 1
-        model.train(was_training)
 
     def probe(self) -> BackdoorProbe | None:
         """The base probe plus the held-in images with the perturbation as it is now."""
@@ -106,10 +104,8 @@ class SuspectedTriggers:
         ``model`` and this stamp are not modified."""
         if self.perturbation is None or self.probe_images is None:
             return self.base_probe
-        was_training = model.training
         fresh = universal_perturbation(model, self.images, self.target, self.eps, steps,
                                        seed=self.seed)
-        model.train(was_training)
         return self._probe_with(fresh)
 
     def _probe_with(self, perturbation: torch.Tensor | None) -> BackdoorProbe | None:
