@@ -7,6 +7,11 @@ drifts to another class with more unlearning, ``shared/notes/backdoor-signal.md`
 Blended ResNet a second class caught up with the target within 6 steps of batch 128), so the
 prediction histogram is read every few steps and the *first* class to dominate, with a clear lead
 over the next, is taken.
+
+Clean-label attacks (SIG) show the mirror image: the target's own images carried the trigger in
+training, so its clean features are the weakest and the target *vanishes* from the predictions
+before any class takes over. A class that vanishes while no class has collapsed yet is taken as
+the suspected target (see ``VANISH_*`` in :mod:`onp.signal.config`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,12 @@ from tqdm.auto import tqdm
 from onp.data.types import ImageSet
 from onp.errors import ONPInputError
 from onp.eval.metrics import predict
-from onp.signal.config import ANOMALY_INDEX_THRESHOLD, MIN_IMAGES, SignalConfig
+from onp.signal.config import (
+    ANOMALY_INDEX_THRESHOLD,
+    MIN_IMAGES,
+    VANISH_MIN_FAIR_SHARE,
+    SignalConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,17 @@ class UnlearnCheckpoint:
         """Whether one class reached ``threshold`` and leads the next by ``margin``."""
         return max(self.shares) >= threshold and self.margin >= margin
 
+    def vanished(self, initial: UnlearnCheckpoint, fraction: float) -> tuple[int, ...]:
+        """Classes predicted at most ``fraction`` as often as at ``initial``, fewest first.
+
+        Only classes that ``initial`` predicted for at least a tenth of a fair share of the images
+        count (a class the model never predicts cannot vanish).
+        """
+        fair = sum(initial.counts) / len(initial.counts)
+        gone = [c for c, (now, before) in enumerate(zip(self.counts, initial.counts, strict=True))
+                if before >= VANISH_MIN_FAIR_SHARE * fair and now <= fraction * before]
+        return tuple(sorted(gone, key=lambda c: self.counts[c] / initial.counts[c]))
+
     def to_json(self) -> dict[str, Any]:
         """The checkpoint as plain JSON values (shares rounded to 1e-4)."""
         return {"step": self.step, "accuracy": round(self.accuracy, 4),
@@ -77,11 +98,12 @@ class TargetEstimate:
         shares: ``[K]`` collapse share of each class at the deciding checkpoint.
         anomaly_index: ``(top share - median share) / (1.4826 * MAD)`` across classes.
         margin: Top share minus the second-highest share.
-        significant: A class dominated (share >= the threshold, with the margin) and its
-            anomaly index is at least Neural Cleanse's 2.
+        significant: A rule named the target: a class dominated (share >= the threshold, with
+            the margin) and its anomaly index is at least Neural Cleanse's 2, or a class vanished.
         steps: Ascent steps taken.
         decided_at: Step of the deciding checkpoint.
-        stop_reason: ``"dominance"``, ``"accuracy-floor"``, ``"step-cap"`` or ``"diverged"``.
+        stop_reason: ``"dominance"``, ``"vanished"``, ``"accuracy-floor"``, ``"step-cap"`` or
+            ``"diverged"``.
         history: Every checkpoint read, in order.
     """
 
@@ -175,24 +197,47 @@ def _checkpoint(
     )
 
 
+def _stop_reason(history: list[UnlearnCheckpoint], config: SignalConfig) -> str | None:
+    """Why unlearning stops at the latest checkpoint (a decision or the floor), else ``None``.
+
+    Dominance is checked first; a vanished class decides only while every class's share stays
+    below ``config.vanish_max_share``.
+    """
+    latest = history[-1]
+    if latest.dominated(config.dominance_threshold, config.dominance_margin):
+        return "dominance"
+    if len(history) > 1 and max(latest.shares) < config.vanish_max_share and (
+        latest.vanished(history[0], config.vanish_fraction)
+    ):
+        return "vanished"
+    if len(history) > 1 and latest.accuracy <= 1.0 / len(latest.counts) + config.accuracy_floor:
+        return "accuracy-floor"
+    return None
+
+
 def _estimate(
     history: list[UnlearnCheckpoint], reason: str, steps: int, config: SignalConfig
 ) -> TargetEstimate:
-    """Read the decision off the history: the dominant checkpoint, else the clearest lead."""
-    dominated = reason == "dominance"
-    # Without dominance, the checkpoint where one class led the others most clearly: on Blended
+    """Read the decision off the history: the dominant or vanished class, else the clearest lead."""
+    decided_by_rule = reason in ("dominance", "vanished")
+    # Without a decision, the checkpoint where one class led the others most clearly: on Blended
     # models the target leads early and other classes catch up as unlearning goes on.
-    decided = history[-1] if dominated else max(history, key=lambda c: c.margin)
+    decided = history[-1] if decided_by_rule else max(history, key=lambda c: c.margin)
     shares = torch.tensor(decided.shares)
     order = torch.argsort(shares, descending=True, stable=True)
-    dominant = [int(c) for c in order if dominated and shares[c] >= config.dominance_threshold]
+    if reason == "vanished":
+        named = list(decided.vanished(history[0], config.vanish_fraction))
+    else:
+        named = [int(c) for c in order
+                 if reason == "dominance" and shares[c] >= config.dominance_threshold]
     index = anomaly_index(shares)
     return TargetEstimate(
-        targets=tuple(dominant) or (int(order[0]),),
+        targets=tuple(named) or (int(order[0]),),
         shares=decided.shares,
         anomaly_index=index,
         margin=decided.margin,
-        significant=dominated and index >= ANOMALY_INDEX_THRESHOLD,
+        significant=reason == "vanished" or (
+            reason == "dominance" and index >= ANOMALY_INDEX_THRESHOLD),
         steps=steps,
         decided_at=decided.step,
         stop_reason=reason,
@@ -209,9 +254,12 @@ def identify_target(
     ``config.unlearn_check_every`` steps the copy classifies a fixed probe batch of defense
     images (eval mode); unlearning stops at the first checkpoint where a class takes at least
     ``config.dominance_threshold`` of the images of other classes and leads the next class by
-    ``config.dominance_margin``, when clean accuracy falls to ``1/K + config.accuracy_floor``, or
-    after ``config.unlearn_max_steps`` steps. Without a dominant class, the checkpoint where the
-    top class led the second by most decides (and the estimate is not significant).
+    ``config.dominance_margin``, at the first where a class has vanished (its count fell to
+    ``config.vanish_fraction`` of its count before unlearning) while every class's share stays
+    below ``config.vanish_max_share`` (a clean-label target), when clean accuracy falls to
+    ``1/K + config.accuracy_floor``, or after ``config.unlearn_max_steps`` steps. Without a
+    dominant or vanished class, the checkpoint where the top class led the second by most
+    decides (and the estimate is not significant).
 
     Args:
         model: The suspect classifier (takes ``[B, C, H, W]`` images in ``[0, 1]``).
@@ -237,18 +285,14 @@ def identify_target(
     device = next(work.parameters()).device
     optimizer = torch.optim.SGD(work.parameters(), lr=config.unlearn_lr,
                                 momentum=config.unlearn_momentum)
-    floor = 1.0 / num_classes + config.accuracy_floor
     history = [_checkpoint(work, probe_images, probe_labels, num_classes, 0)]
     order, cursor = torch.randperm(len(defense), generator=generator), 0
     step, reason = 0, "step-cap"
     bar = tqdm(total=config.unlearn_max_steps, desc="unlearning", leave=False, mininterval=1.0)
-    dominance = (config.dominance_threshold, config.dominance_margin)
     while step < config.unlearn_max_steps:
-        if history[-1].dominated(*dominance):
-            reason = "dominance"
-            break
-        if history[-1].accuracy <= floor and step > 0:
-            reason = "accuracy-floor"
+        stop = _stop_reason(history, config)
+        if stop is not None:
+            reason = stop
             break
         if cursor >= len(order):
             order, cursor = torch.randperm(len(defense), generator=generator), 0
@@ -269,8 +313,10 @@ def identify_target(
             history.append(_checkpoint(work, probe_images, probe_labels, num_classes, step))
             bar.set_postfix(acc=f"{history[-1].accuracy:.2f}", top=f"{max(history[-1].shares):.2f}")
     bar.close()
-    if reason == "step-cap" and history[-1].dominated(*dominance):
-        reason = "dominance"  # the checkpoint at the cap
+    if reason == "step-cap":
+        final = _stop_reason(history, config)
+        if final in ("dominance", "vanished"):
+            reason = final  # the checkpoint at the cap decided
     estimate = _estimate(history, reason, step, config)
     log.info(
         "signal/target: suspected %s (share %.2f, anomaly index %.1f, margin %.2f) after %d steps "

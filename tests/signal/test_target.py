@@ -12,7 +12,7 @@ from onp.signal import (
     collapse_shares,
     identify_target,
 )
-from onp.signal.target import _estimate
+from onp.signal.target import _estimate, _stop_reason
 
 
 def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -108,3 +108,42 @@ def test_without_dominance_the_clearest_lead_decides():
     estimate = _estimate(history, "accuracy-floor", 4, SignalConfig())
     assert estimate.targets == (0,) and estimate.decided_at == 2
     assert estimate.margin == pytest.approx(0.22) and not estimate.significant
+
+
+def _counted(step: int, counts: tuple[int, ...], shares: tuple[float, ...]) -> UnlearnCheckpoint:
+    return UnlearnCheckpoint(step, 0.8, counts, shares)
+
+
+def test_a_class_that_vanishes_before_any_collapse_is_the_clean_label_target():
+    # The SIG pattern: class 0 loses its images to a look-alike (class 2) before anyone collapses.
+    config = SignalConfig()
+    history = [_counted(0, (20, 40, 40), (0.02, 0.02, 0.02)),
+               _counted(2, (10, 40, 50), (0.02, 0.02, 0.05)),
+               _counted(4, (0, 40, 60), (0.0, 0.02, 0.10))]
+    assert history[2].vanished(history[0], config.vanish_fraction) == (0,)
+    assert _stop_reason(history[:2], config) is None
+    assert _stop_reason(history, config) == "vanished"
+    estimate = _estimate(history, "vanished", 4, config)
+    assert estimate.targets == (0,) and estimate.significant and estimate.decided_at == 4
+
+
+def test_a_class_lost_in_a_collapse_is_not_named():
+    # Class 2 vanishes, but class 0 already holds more than vanish_max_share: a collapse in
+    # progress, whose victims must not be taken for a clean-label target.
+    config = SignalConfig()
+    history = [_counted(0, (40, 40, 40), (0.02, 0.02, 0.02)),
+               _counted(2, (80, 40, 0), (0.25, 0.02, 0.0))]
+    assert history[1].vanished(history[0], config.vanish_fraction) == (2,)
+    assert _stop_reason(history, config) is None
+    # Dominance wins over a vanished class at the same checkpoint.
+    collapsed = history + [_counted(4, (120, 0, 0), (0.9, 0.0, 0.0))]
+    assert _stop_reason(collapsed, config) == "dominance"
+    # With the rule off, a vanished class never decides.
+    off = SignalConfig(vanish_max_share=0.0)
+    quiet = [_counted(0, (20, 40, 40), (0.02,) * 3), _counted(2, (0, 40, 60), (0.0, 0.0, 0.0))]
+    assert _stop_reason(quiet, off) is None
+
+
+def test_a_class_the_model_never_predicted_cannot_vanish():
+    initial = _counted(0, (0, 1, 59), (0.0, 0.0, 0.5))
+    assert _counted(2, (0, 0, 60), (0.0, 0.0, 0.5)).vanished(initial, 0.02) == ()
