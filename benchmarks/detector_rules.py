@@ -30,7 +30,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for path in args.reports:
         report = json.loads(path.read_text())
-        held_in = {(r, t): report["G_rules_held_in"][rule_name(r, t)] for r, t in ALTERNATIVE_RULES}
+        held_in = {(r, t): report["G_rules_held_in"][rule_name(r, t)] for r, t in ALTERNATIVE_RULES
+                   if rule_name(r, t) in report["G_rules_held_in"]}  # older reports lack some
         chosen = choose_rule(held_in)
         default = rule_name(DEFAULT_RULE, DEFAULT_THRESHOLD)
         for label, name in ((f"default ({default})", default),

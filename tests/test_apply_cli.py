@@ -61,6 +61,10 @@ def test_apply_writes_b_prime_g_compact_copy_report_and_plots(applied) -> None:
     assert g == report["test"]["G_rules"]["disagree"]
     assert 0 <= g["false_alarm"] <= 100 and 0 <= g["detection"] <= 100
     assert "## Held-out test data" in (applied / "report.md").read_text()
+    # G watches the probe's suspected targets, and the report scores the "target" rule with them.
+    saved = json.loads((applied / "detector" / "detector.json").read_text())
+    assert saved["targets"] == sorted(int(t) for t in report["probe"]["targets"])
+    assert "target" in report["G_rules_held_in"] and "target" in report["test"]["G_rules"]
     masks = json.loads((applied / "masks.json").read_text())
     assert set(masks["seed_pruned"]) <= set(masks["final_pruned"])  # the seed stays pruned
 

@@ -8,6 +8,7 @@ module runs. ``report.json`` holds everything, ``report.md`` the tables a reader
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +35,9 @@ if TYPE_CHECKING:  # the pipeline imports this module
 log = logging.getLogger(__name__)
 
 ALTERNATIVE_RULES = (("disagree", 1.0), ("reject", 0.05), ("reject", 0.1), ("reject", 0.2),
-                     ("reject", 0.3))
-"""Detector rules also scored in the report, so that a better rule shows up in the numbers."""
+                     ("reject", 0.3), ("target", 1.0))
+"""Detector rules also scored in the report, so that a better rule shows up in the numbers
+(``target`` only where suspected targets are known)."""
 DPI = 120
 CURVE_FIGSIZE = (7.0, 4.0)  # inches
 SEED_PRUNED, ROUND_PRUNED = 2.0, 1.0  # values of the pruning map (0 = kept)
@@ -106,16 +108,17 @@ def _not_measured(inputs: ApplyInputs) -> list[str]:
 
 
 def rule_name(rule: str, threshold: float) -> str:
-    """``"disagree"`` or ``"reject@0.1"``: a rule's key in the report."""
-    return rule if rule == "disagree" else f"{rule}@{threshold:g}"
+    """``"disagree"``, ``"target"`` or ``"reject@0.1"``: a rule's key in the report."""
+    return f"{rule}@{threshold:g}" if rule == "reject" else rule
 
 
 def rule_table(
     original: nn.Module, repaired: nn.Module, clean: ImageSet | None,
-    poisoned: BackdoorProbe | None, chosen: tuple[str, float],
+    poisoned: BackdoorProbe | None, chosen: tuple[str, float], targets: Sequence[int] = (),
 ) -> dict[str, dict[str, float | None]]:
     """G's rates (see :func:`detector_metrics`) under the chosen rule (first) and the
-    :data:`ALTERNATIVE_RULES`, on the given clean and poisoned images."""
+    :data:`ALTERNATIVE_RULES`, on the given clean and poisoned images; the ``target`` rule
+    with the suspected ``targets``, and only if there are any."""
     logits = [(None if clean is None else _logits(m, clean.images),
                None if poisoned is None else _logits(m, poisoned.images))
               for m in (original, repaired)]
@@ -123,10 +126,10 @@ def rule_table(
     table: dict[str, dict[str, float | None]] = {}
     for rule, threshold in (chosen, *ALTERNATIVE_RULES):
         name = rule_name(rule, threshold)
-        if name in table:
+        if name in table or (rule == "target" and not targets):
             continue
         decided = [None if logits[0][i] is None else
-                   decide(logits[0][i], logits[1][i], rule, threshold) for i in (0, 1)]
+                   decide(logits[0][i], logits[1][i], rule, threshold, targets) for i in (0, 1)]
         table[name] = detector_metrics(decided[0], None if clean is None else clean.labels,
                                        decided[1], poisoned, n)
     return table
@@ -151,7 +154,7 @@ def evaluate_outputs(
         test["DER"] = round(100 * defense_effectiveness_rating(
             before["CA"] / 100, before["ASR"] / 100, after["CA"] / 100, after["ASR"] / 100), 2)
     rules = rule_table(detector.original, detector.repaired, clean, probe,
-                       (detector.rule, detector.threshold))
+                       (detector.rule, detector.threshold), detector.targets)
     test["G"] = rules[rule_name(detector.rule, detector.threshold)]
     test["G_rules"] = rules
     result["test"] = test
@@ -252,7 +255,7 @@ def write_outputs(
     rule_probe = probe if rule_probe is None else rule_probe
     after = held_in_scores(detector.repaired, stage.held_in, probe)
     held_in_rules = rule_table(detector.original, detector.repaired, stage.held_in, rule_probe,
-                               (detector.rule, detector.threshold))
+                               (detector.rule, detector.threshold), detector.targets)
     report: dict[str, Any] = {
         "name": inputs.name, "model": config.model, "num_classes": inputs.model.spec.num_classes,
         "sources": inputs.sources, "probe": stage.probe.describe(), "signal": stage.record,

@@ -8,7 +8,12 @@ clean inputs both models mostly agree. Rules (:data:`RULES`):
 - ``disagree`` (default): flag when B and B' predict different classes;
 - ``reject``: flag when they disagree *and* B' gives B's class a probability below
   ``threshold``; a disagreement where B' still finds B's answer plausible (a hard clean image)
-  is answered with B''s class instead of an alarm.
+  is answered with B''s class instead of an alarm;
+- ``target``: flag when they disagree *and* B answers a suspected target class (the signal's,
+  :mod:`onp.signal.target`); a trigger makes B answer the target, so any other disagreement is
+  a clean image that the repair changed, answered with B's class (B is not pruned, so it is the
+  more accurate on clean images). Only as good as the named target: a misnamed target lets
+  triggered inputs through.
 
 A saved detector is a folder: ``original/`` and ``repaired/`` bundles and ``detector.json``.
 """
@@ -16,6 +21,7 @@ A saved detector is a folder: ``original/`` and ``repaired/`` bundles and ``dete
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,7 @@ from onp.errors import ONPInputError
 from onp.io import atomic_path
 from onp.models.bundle import Classifier, load_bundle, save_bundle
 
-RULES = ("disagree", "reject")
+RULES = ("disagree", "reject", "target")
 DEFAULT_RULE = "disagree"
 AUTO_RULE = "auto"
 """``onp.apply``'s ``--detector-rule auto``: :func:`choose_rule` on held-in defense data."""
@@ -42,12 +48,15 @@ ORIGINAL_DIR, REPAIRED_DIR = "original", "repaired"
 DETECTOR_VERSION = 1
 
 
-def check_rule(rule: str, threshold: float) -> None:
-    """Raise :class:`ONPInputError` for an unknown rule or a threshold outside ``(0, 1]``."""
+def check_rule(rule: str, threshold: float, targets: Sequence[int] | None = None) -> None:
+    """Raise :class:`ONPInputError` for an unknown rule, a threshold outside ``(0, 1]``, or the
+    ``target`` rule with no targets (``targets=None``: not known yet, not checked)."""
     if rule not in RULES:
         raise ONPInputError(f"detector rule: expected one of {RULES}, found {rule!r}")
     if not 0.0 < threshold <= 1.0:
         raise ONPInputError(f"detector threshold: expected a value in (0, 1], found {threshold}")
+    if rule == "target" and targets is not None and not targets:
+        raise ONPInputError("detector rule 'target': expected at least one suspected target class")
 
 
 def choose_rule(
@@ -82,6 +91,7 @@ def decide(
     repaired_logits: torch.Tensor,
     rule: str = DEFAULT_RULE,
     threshold: float = DEFAULT_THRESHOLD,
+    targets: Sequence[int] = (),
 ) -> torch.Tensor:
     """G's class for each input, from the two models' logits.
 
@@ -90,6 +100,7 @@ def decide(
         repaired_logits: B''s logits.
         rule: One of :data:`RULES` (default: ``"disagree"``).
         threshold: Probability bound of the ``reject`` rule (default: 0.1).
+        targets: Suspected target classes of the ``target`` rule.
 
     Returns:
         ``[B]`` int64 in ``[0, N]``; ``N`` (the number of classes) means "backdoored".
@@ -97,7 +108,7 @@ def decide(
     Shapes:
         original_logits, repaired_logits: ``[B, N]``.
     """
-    check_rule(rule, threshold)
+    check_rule(rule, threshold, targets)
     if original_logits.shape != repaired_logits.shape or original_logits.ndim != 2:
         raise ONPInputError(f"detector: expected two [B, N] logits, found "
                             f"{list(original_logits.shape)} and {list(repaired_logits.shape)}")
@@ -106,6 +117,10 @@ def decide(
     if rule == "reject":
         support = torch.softmax(repaired_logits.float(), 1).gather(1, original[:, None])[:, 0]
         flagged &= support < threshold
+    if rule == "target":
+        suspected = torch.tensor(list(targets), device=original.device)
+        flagged &= torch.isin(original, suspected)
+        repaired = original  # unflagged disagreements are clean: B answers them
     return torch.where(flagged, torch.full_like(repaired, original_logits.shape[1]), repaired)
 
 
@@ -117,17 +132,19 @@ class BackdoorDetector(nn.Module):
         repaired: The repaired model B' (same classes and input shape).
         rule: One of :data:`RULES` (default: ``"disagree"``).
         threshold: Probability bound of the ``reject`` rule (default: 0.1).
+        targets: Suspected target classes of the ``target`` rule.
 
     Shapes:
         input: ``[B, C, H, W]`` in ``[0, 1]``.
-        output: ``[B, N + 1]`` probabilities: B''s softmax with 0 for class ``N`` where G does
-            not flag, a one-hot ``N`` where it does; the argmax is G's class.
+        output: ``[B, N + 1]`` probabilities: the answering model's softmax (B', or B under
+            ``target``) with 0 for class ``N`` where G does not flag, a one-hot ``N`` where it
+            does; the argmax is G's class.
     """
 
     def __init__(self, original: Classifier, repaired: Classifier, rule: str = DEFAULT_RULE,
-                 threshold: float = DEFAULT_THRESHOLD) -> None:
+                 threshold: float = DEFAULT_THRESHOLD, targets: Sequence[int] = ()) -> None:
         super().__init__()
-        check_rule(rule, threshold)
+        check_rule(rule, threshold, targets)
         a, b = original.spec, repaired.spec
         if a.num_classes != b.num_classes or tuple(a.input_shape) != tuple(b.input_shape):
             raise ONPInputError(
@@ -136,6 +153,7 @@ class BackdoorDetector(nn.Module):
                 f"{tuple(b.input_shape)}")
         self.original, self.repaired = original.eval(), repaired.eval()
         self.rule, self.threshold = rule, float(threshold)
+        self.targets = tuple(int(t) for t in targets)
 
     @property
     def num_classes(self) -> int:
@@ -144,9 +162,10 @@ class BackdoorDetector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         original, repaired = self.original(x), self.repaired(x)
-        classes = decide(original, repaired, self.rule, self.threshold)
+        classes = decide(original, repaired, self.rule, self.threshold, self.targets)
         flagged = classes == self.num_classes
-        probs = torch.softmax(repaired, 1)
+        # The answering model's probabilities (decide: B' answers, but B under "target").
+        probs = torch.softmax(original if self.rule == "target" else repaired, 1)
         out = torch.cat([probs, torch.zeros_like(probs[:, :1])], 1)
         alarm = torch.zeros_like(out)
         alarm[:, -1] = 1.0
@@ -163,8 +182,9 @@ class BackdoorDetector(nn.Module):
     def describe(self) -> dict[str, Any]:
         """JSON-ready settings (what ``detector.json`` holds)."""
         return {"version": DETECTOR_VERSION, "rule": self.rule, "threshold": self.threshold,
-                "num_classes": self.num_classes, "backdoor_class": self.num_classes,
-                "original": ORIGINAL_DIR, "repaired": REPAIRED_DIR}
+                "targets": list(self.targets), "num_classes": self.num_classes,
+                "backdoor_class": self.num_classes, "original": ORIGINAL_DIR,
+                "repaired": REPAIRED_DIR}
 
 
 def save_detector(detector: BackdoorDetector, directory: str | Path) -> Path:
@@ -197,7 +217,8 @@ def load_detector(directory: str | Path, device: str | torch.device = "cpu") -> 
     detector = BackdoorDetector(load_bundle(directory / ORIGINAL_DIR, device),
                                 load_bundle(directory / REPAIRED_DIR, device),
                                 payload.get("rule", DEFAULT_RULE),
-                                float(payload.get("threshold", DEFAULT_THRESHOLD)))
+                                float(payload.get("threshold", DEFAULT_THRESHOLD)),
+                                [int(t) for t in payload.get("targets", [])])
     if detector.num_classes != payload.get("num_classes"):
         raise ONPInputError(f"{path}: num_classes {payload.get('num_classes')} disagrees with "
                             f"the bundles' {detector.num_classes}")

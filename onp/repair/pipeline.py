@@ -155,7 +155,7 @@ class ApplyConfig:
     refresh_steps: int = field(default=REFRESH_STEPS, metadata=_help(
         "steps re-fitting the perturbation after each round (0: fixed)"))
     detector_rule: str = field(default=DEFAULT_RULE, metadata=_help(
-        "disagree, reject, or auto (the best held-in rule, see onp.repair.detector)"))
+        "disagree, reject, target, or auto (the best held-in rule, see onp.repair.detector)"))
     detector_threshold: float = field(default=DEFAULT_THRESHOLD, metadata=_help(
         "reject rule: B' probability of B's class below which G flags"))
     seed: int = field(default=0, metadata=_help("seeds everything"))
@@ -403,13 +403,21 @@ def detector_probe(stage: ProbeStage, repaired: Classifier, config: ApplyConfig)
     return stage.selection_probe
 
 
+def suspected_targets(stage: ProbeStage) -> tuple[int, ...]:
+    """The classes the probe's triggers aim at: the signal's suspected target (or the known
+    attack's targets); G's ``target`` rule watches them."""
+    return tuple(int(t) for t in torch.unique(stage.probe.target_labels))
+
+
 def held_in_rule(
-    original: Classifier, repaired: Classifier, held_in: ImageSet, probe: BackdoorProbe
+    original: Classifier, repaired: Classifier, held_in: ImageSet, probe: BackdoorProbe,
+    targets: tuple[int, ...] = (),
 ) -> tuple[str, float]:
     """G's rule for ``--detector-rule auto``: :func:`choose_rule` over the report's rules,
     scored on the held-in clean images and ``probe`` (:func:`detector_probe`)."""
-    table = rule_table(original, repaired, held_in, probe, ALTERNATIVE_RULES[0])
-    scores = {(r, t): table[rule_name(r, t)] for r, t in ALTERNATIVE_RULES}
+    table = rule_table(original, repaired, held_in, probe, ALTERNATIVE_RULES[0], targets)
+    scores = {(r, t): table[rule_name(r, t)] for r, t in ALTERNATIVE_RULES
+              if rule_name(r, t) in table}
     chosen = choose_rule(scores)
     log.info("apply: detector rule %s chosen on held-in data", rule_name(*chosen))
     return chosen
@@ -459,9 +467,10 @@ def run_apply(
         repaired = repaired_classifier(result, inputs.model, inputs.name)
         rule = (config.detector_rule, config.detector_threshold)
         rule_probe = detector_probe(stage, repaired, config)
+        targets = suspected_targets(stage)
         if config.detector_rule == AUTO_RULE:
-            rule = held_in_rule(inputs.model, repaired, stage.held_in, rule_probe)
-        detector = BackdoorDetector(inputs.model, repaired, *rule)
+            rule = held_in_rule(inputs.model, repaired, stage.held_in, rule_probe, targets)
+        detector = BackdoorDetector(inputs.model, repaired, *rule, targets=targets)
     with timer.stage("evaluate"):
         evaluation = evaluate_outputs(inputs, detector)
     with atomic_path(out, is_dir=True) as tmp:

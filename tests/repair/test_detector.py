@@ -37,6 +37,18 @@ def test_reject_rule_flags_only_when_b_prime_rejects_b_class() -> None:
     assert decide(original, repaired, "disagree").tolist() == [3, 3]
 
 
+def test_target_rule_flags_only_disagreements_where_b_answers_a_suspected_target() -> None:
+    original = torch.tensor([[9.0, 0.0, 0.0], [0.0, 9.0, 0.0], [0.0, 0.0, 9.0], [9.0, 0.0, 0.0]])
+    repaired = torch.tensor([[0.0, 9.0, 0.0], [0.0, 0.0, 9.0], [0.0, 0.0, 9.0], [9.0, 0.0, 0.0]])
+    # Row 0: B says the target 0, B' says 1 -> flagged. Row 1: B says 1 (not a target), B' says 2
+    # -> not flagged, answered with B's 1. Rows 2, 3: agreement.
+    assert decide(original, repaired, "target", targets=[0]).tolist() == [3, 1, 2, 0]
+    assert decide(original, repaired, "target", targets=[0, 1]).tolist() == [3, 3, 2, 0]
+    assert decide(original, repaired, "disagree").tolist() == [3, 3, 2, 0]
+    with pytest.raises(ONPInputError, match="suspected target"):
+        decide(original, repaired, "target")
+
+
 class _ByPixel(nn.Module):
     """Stub net: class = which of the first ``k`` pixels is brightest (hand-checkable)."""
 
@@ -68,6 +80,10 @@ def test_detector_module_has_n_plus_one_outputs_and_flags_disagreement() -> None
     torch.testing.assert_close(out.sum(1), torch.ones(3))
     assert detector.predict(x).tolist() == [0, 3, 3]
     assert detector.num_classes == 3
+    # Under "target" with target 1, the pixel-2 disagreement is clean and B answers it; the
+    # probabilities are B's, so the argmax is G's class.
+    targeted = BackdoorDetector(_stub([0, 1, 2]), _stub([0, 2, 1]), "target", targets=[1])
+    assert targeted.predict(x).tolist() == [0, 3, 2]
 
 
 def test_detector_saves_and_loads_with_the_same_decisions(tmp_path) -> None:
@@ -80,6 +96,10 @@ def test_detector_saves_and_loads_with_the_same_decisions(tmp_path) -> None:
     x = torch.rand(64, *SHAPE)
     assert torch.equal(loaded.predict(x), detector.predict(x))
     assert (loaded.rule, loaded.threshold) == ("reject", 0.2)
+    save_detector(BackdoorDetector(original.eval(), repaired.eval(), "target", targets=[3]),
+                  tmp_path / "t")
+    targeted = load_detector(tmp_path / "t")
+    assert (targeted.rule, targeted.targets) == ("target", (3,))
     spec = json.loads((tmp_path / "g" / "detector.json").read_text())
     assert spec["backdoor_class"] == spec["num_classes"] == 5
 
