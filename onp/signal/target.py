@@ -32,7 +32,7 @@ from onp.eval.metrics import predict
 from onp.signal.config import (
     ANOMALY_INDEX_THRESHOLD,
     MIN_IMAGES,
-    VANISH_MIN_FAIR_SHARE,
+    VANISH_MIN_COUNT,
     SignalConfig,
 )
 
@@ -75,12 +75,12 @@ class UnlearnCheckpoint:
     def vanished(self, initial: UnlearnCheckpoint, fraction: float) -> tuple[int, ...]:
         """Classes predicted at most ``fraction`` as often as at ``initial``, fewest first.
 
-        Only classes that ``initial`` predicted for at least a tenth of a fair share of the images
-        count (a class the model never predicts cannot vanish).
+        Only classes that ``initial`` predicted for at least
+        :data:`~onp.signal.config.VANISH_MIN_COUNT` images count (a class the model rarely
+        predicts cannot vanish).
         """
-        fair = sum(initial.counts) / len(initial.counts)
         gone = [c for c, (now, before) in enumerate(zip(self.counts, initial.counts, strict=True))
-                if before >= VANISH_MIN_FAIR_SHARE * fair and now <= fraction * before]
+                if before >= VANISH_MIN_COUNT and now <= fraction * before]
         return tuple(sorted(gone, key=lambda c: self.counts[c] / initial.counts[c]))
 
     def to_json(self) -> dict[str, Any]:

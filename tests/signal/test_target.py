@@ -144,6 +144,7 @@ def test_a_class_lost_in_a_collapse_is_not_named():
     assert _stop_reason(quiet, off) is None
 
 
-def test_a_class_the_model_never_predicted_cannot_vanish():
-    initial = _counted(0, (0, 1, 59), (0.0, 0.0, 0.5))
+def test_a_class_the_model_rarely_predicted_cannot_vanish():
+    # 0 and 9 predictions are too few to vanish from (many classes, few histogram images).
+    initial = _counted(0, (0, 9, 51), (0.0, 0.0, 0.5))
     assert _counted(2, (0, 0, 60), (0.0, 0.0, 0.5)).vanished(initial, 0.02) == ()
