@@ -34,7 +34,8 @@ log = logging.getLogger("apply_fmnist")
 
 ATTACKS = ("badnets", "blended", "wanet", "sig")
 COLUMNS = ("model", "seed", "B CA", "B ASR", "B' CA", "B' ASR", "B' RA", "DER", "G clean",
-           "G false alarm", "G flagged", "G flagged or true", "seconds")
+           "G false alarm", "G flagged", "G flagged or true", "G[target] clean",
+           "G[target] flagged or true", "seconds")
 
 
 def random_mask(groups, count: int, seed: int) -> ChannelMask:
@@ -51,13 +52,16 @@ def random_mask(groups, count: int, seed: int) -> ChannelMask:
 
 
 def row(name: str, seed: str, report: dict, signal_seconds: float) -> dict:
-    """One table row from an apply report (percentages; seconds include the shared signal)."""
+    """One table row from an apply report (percentages; seconds include the shared signal).
+
+    ``G`` is the run's rule; ``G[target]`` the report's scores of the ``target`` rule."""
     test = report["test"]
-    g = test["G"]
+    g, targeted = test["G"], test["G_rules"].get("target", {})
     return dict(zip(COLUMNS, (
         name, seed, test["B"]["CA"], test["B"]["ASR"], test["B'"]["CA"], test["B'"]["ASR"],
         test["B'"]["RA"], test.get("DER"), g["clean_accuracy"], g["false_alarm"], g["detection"],
-        g["flagged_or_true"], round(report["seconds"]["total"] + signal_seconds, 1)),
+        g["flagged_or_true"], targeted.get("clean_accuracy"), targeted.get("flagged_or_true"),
+        round(report["seconds"]["total"] + signal_seconds, 1)),
         strict=True))
 
 
