@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from onp.eval.report import ALTERNATIVE_RULES, rule_name
+from onp.eval.report import rule_name, rule_scores
 from onp.repair.detector import DEFAULT_RULE, DEFAULT_THRESHOLD, choose_rule
 
 COLUMNS = ("clean_accuracy", "false_alarm", "flagged_or_true")
@@ -30,9 +30,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for path in args.reports:
         report = json.loads(path.read_text())
-        held_in = {(r, t): report["G_rules_held_in"][rule_name(r, t)] for r, t in ALTERNATIVE_RULES
-                   if rule_name(r, t) in report["G_rules_held_in"]}  # older reports lack some
-        chosen = choose_rule(held_in)
+        chosen = choose_rule(rule_scores(report["G_rules_held_in"]))  # older reports lack some
         default = rule_name(DEFAULT_RULE, DEFAULT_THRESHOLD)
         for label, name in ((f"default ({default})", default),
                             (f"auto ({rule_name(*chosen)})", rule_name(*chosen))):

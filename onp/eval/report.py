@@ -112,6 +112,15 @@ def rule_name(rule: str, threshold: float) -> str:
     return f"{rule}@{threshold:g}" if rule == "reject" else rule
 
 
+def rule_scores(
+    table: dict[str, dict[str, float | None]],
+) -> dict[tuple[str, float], dict[str, float | None]]:
+    """A :func:`rule_table` (or a report's copy of one) keyed by ``(rule, threshold)`` for
+    :func:`~onp.repair.detector.choose_rule`: the :data:`ALTERNATIVE_RULES` it holds."""
+    return {(r, t): table[rule_name(r, t)] for r, t in ALTERNATIVE_RULES
+            if rule_name(r, t) in table}
+
+
 def rule_table(
     original: nn.Module, repaired: nn.Module, clean: ImageSet | None,
     poisoned: BackdoorProbe | None, chosen: tuple[str, float], targets: Sequence[int] = (),

@@ -48,6 +48,12 @@ ORIGINAL_DIR, REPAIRED_DIR = "original", "repaired"
 DETECTOR_VERSION = 1
 
 
+def answering_logits(rule: str, original: torch.Tensor, repaired: torch.Tensor) -> torch.Tensor:
+    """The logits whose class G gives where it does not flag: B''s, but B's under ``target``
+    (its unflagged disagreements are clean images, and B is not pruned)."""
+    return original if rule == "target" else repaired
+
+
 def check_rule(rule: str, threshold: float, targets: Sequence[int] | None = None) -> None:
     """Raise :class:`ONPInputError` for an unknown rule, a threshold outside ``(0, 1]``, or the
     ``target`` rule with no targets (``targets=None``: not known yet, not checked)."""
@@ -120,8 +126,8 @@ def decide(
     if rule == "target":
         suspected = torch.tensor(list(targets), device=original.device)
         flagged &= torch.isin(original, suspected)
-        repaired = original  # unflagged disagreements are clean: B answers them
-    return torch.where(flagged, torch.full_like(repaired, original_logits.shape[1]), repaired)
+    answer = answering_logits(rule, original_logits, repaired_logits).argmax(1)
+    return torch.where(flagged, torch.full_like(answer, original_logits.shape[1]), answer)
 
 
 class BackdoorDetector(nn.Module):
@@ -164,8 +170,7 @@ class BackdoorDetector(nn.Module):
         original, repaired = self.original(x), self.repaired(x)
         classes = decide(original, repaired, self.rule, self.threshold, self.targets)
         flagged = classes == self.num_classes
-        # The answering model's probabilities (decide: B' answers, but B under "target").
-        probs = torch.softmax(original if self.rule == "target" else repaired, 1)
+        probs = torch.softmax(answering_logits(self.rule, original, repaired), 1)
         out = torch.cat([probs, torch.zeros_like(probs[:, :1])], 1)
         alarm = torch.zeros_like(out)
         alarm[:, -1] = 1.0

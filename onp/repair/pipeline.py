@@ -37,6 +37,7 @@ from onp.eval.report import (
     ALTERNATIVE_RULES,
     evaluate_outputs,
     rule_name,
+    rule_scores,
     rule_table,
     write_outputs,
 )
@@ -416,9 +417,7 @@ def held_in_rule(
     """G's rule for ``--detector-rule auto``: :func:`choose_rule` over the report's rules,
     scored on the held-in clean images and ``probe`` (:func:`detector_probe`)."""
     table = rule_table(original, repaired, held_in, probe, ALTERNATIVE_RULES[0], targets)
-    scores = {(r, t): table[rule_name(r, t)] for r, t in ALTERNATIVE_RULES
-              if rule_name(r, t) in table}
-    chosen = choose_rule(scores)
+    chosen = choose_rule(rule_scores(table))
     log.info("apply: detector rule %s chosen on held-in data", rule_name(*chosen))
     return chosen
 
