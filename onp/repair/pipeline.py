@@ -70,10 +70,16 @@ from onp.repair.sparse import (
     Stamp,
     prune_and_regrow,
 )
-from onp.repair.unlearn import REFRESH_STEPS, KnownTriggerStamp, SuspectedTriggers
+from onp.repair.unlearn import (
+    REFRESH_STEPS,
+    KnownTriggerStamp,
+    SuspectedTriggers,
+    UniversalTrigger,
+    fit_universal,
+)
 from onp.seeding import seed_everything
 from onp.signal.config import SignalConfig
-from onp.signal.perturbation import PERTURBATION_EPS, PERTURBATION_STEPS, universal_perturbation
+from onp.signal.perturbation import PERTURBATION_EPS, PERTURBATION_STEPS
 from onp.signal.probe import (
     BackdoorProbe,
     SignalResult,
@@ -84,6 +90,7 @@ from onp.signal.probe import (
     proxy_asr,
     split_defense,
 )
+from onp.signal.warp import WARP_MAX_SHIFT
 from onp.subjects import load_subject
 from onp.task import PruningTask, TaskConfig, build_task
 
@@ -151,10 +158,12 @@ class ApplyConfig:
         "weight of distillation from B on clean fitting images (0: off)"))
     perturbation_eps: float = field(default=PERTURBATION_EPS, metadata=_help(
         "bound of the suspected universal perturbation (0: patch trigger only)"))
+    warp_shift: float = field(default=WARP_MAX_SHIFT, metadata=_help(
+        "bound in pixels of the suspected universal warp (0: no warp)"))
     perturbation_steps: int = field(default=PERTURBATION_STEPS, metadata=_help(
-        "steps optimizing the perturbation"))
+        "steps fitting each universal trigger (perturbation, warp)"))
     refresh_steps: int = field(default=REFRESH_STEPS, metadata=_help(
-        "steps re-fitting the perturbation after each round (0: fixed)"))
+        "steps re-fitting the universal triggers after each round (0: fixed)"))
     detector_rule: str = field(default=DEFAULT_RULE, metadata=_help(
         "disagree, reject, target, or auto (the best held-in rule, see onp.repair.detector)"))
     detector_threshold: float = field(default=DEFAULT_THRESHOLD, metadata=_help(
@@ -165,11 +174,12 @@ class ApplyConfig:
     overwrite: bool = field(default=False, metadata=_help("replace an existing --out"))
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.perturbation_eps <= 1.0 or min(self.perturbation_steps,
-                                                            self.refresh_steps) < 0:
-            raise ONPInputError(f"apply: perturbation_eps must lie in [0, 1] and the step counts "
-                                f"be >= 0, found {self.perturbation_eps}, "
-                                f"{self.perturbation_steps}, {self.refresh_steps}")
+        if not 0.0 <= self.perturbation_eps <= 1.0 or self.warp_shift < 0 or min(
+                self.perturbation_steps, self.refresh_steps) < 0:
+            raise ONPInputError(f"apply: perturbation_eps must lie in [0, 1], warp_shift be "
+                                f">= 0 and the step counts >= 0, found {self.perturbation_eps}, "
+                                f"{self.warp_shift}, {self.perturbation_steps}, "
+                                f"{self.refresh_steps}")
         if self.agent_timesteps is not None and self.agent_timesteps < 0:
             raise ONPInputError(f"apply: agent_timesteps must be >= 0, "
                                 f"found {self.agent_timesteps}")
@@ -337,21 +347,22 @@ def suspected_triggers(
 ) -> tuple[SuspectedTriggers, BackdoorProbe]:
     """The stamp for trigger unlearning and the probe the repair selects its round with.
 
-    Adds a universal perturbation towards the suspected target (fitted on the fitting images of
-    other classes) to the synthesized patch, unless ``config.perturbation_eps`` is 0. The
-    selection probe is the signal's probe plus the same held-in images with the perturbation.
+    Adds universal triggers towards the suspected target, fitted on the fitting images of other
+    classes, to the synthesized patch: a perturbation (unless ``config.perturbation_eps`` is 0)
+    and a warp (unless ``config.warp_shift`` is 0). The selection probe is the signal's probe
+    plus the same held-in images with each universal trigger.
     """
     target = signal.trigger.target
     others = fit.images[fit.labels != target]
     held = held_in.subset(held_in.labels != target)
     held = held.subset(torch.arange(min(len(held), len(signal.probe))))
-    perturbation = None
-    if config.perturbation_eps > 0:
-        perturbation = universal_perturbation(model, others, target, config.perturbation_eps,
-                                              config.perturbation_steps, seed=config.seed)
-    stamp = SuspectedTriggers(signal.trigger.apply, perturbation, target, others,
-                              config.perturbation_eps, config.refresh_steps, config.seed,
-                              signal.probe, held.images, held.labels)
+    bounds = (("perturbation", config.perturbation_eps), ("warp", config.warp_shift))
+    universal: list[UniversalTrigger] = [
+        fit_universal(kind, model, others, target, bound, config.perturbation_steps,
+                      seed=config.seed) for kind, bound in bounds if bound > 0]
+    stamp = SuspectedTriggers(signal.trigger.apply, universal, target, others,
+                              config.refresh_steps, config.seed, signal.probe, held.images,
+                              held.labels)
     probe = stamp.probe()
     assert probe is not None  # the base probe is given
     log.info("apply: suspected triggers reach class %d on %.1f%% of the selection probe",

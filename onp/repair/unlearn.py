@@ -2,19 +2,21 @@
 
 Each prune-and-regrow round adds stamped copies of some fitting images, with their true labels
 (Neural Cleanse's unlearning, Wang et al. 2019). Trigger-free, the stamps are the suspected
-triggers of :mod:`onp.signal`: the synthesized patch on half the images and a universal
-perturbation on the other half. After every round the perturbation is re-fitted to the model
-being repaired (a warm start of a few steps): once one perturbation is unlearned the backdoor is
-reached by another, and chasing it is meant to remove what is left of a blended trigger. The
-re-fitted perturbation on held-in images also scores the round
-(:meth:`SuspectedTriggers.probe`). With a known trigger (labelled mode) the real trigger is
-stamped instead.
+triggers: the synthesized patch of :mod:`onp.signal` and the universal triggers fitted towards
+the suspected target, an additive perturbation (:mod:`onp.signal.perturbation`) and a smooth
+warp (:mod:`onp.signal.warp`); a batch is shared out between them in equal parts. After every
+round the universal triggers are re-fitted to the model being repaired (a warm start of a few
+steps): once one is unlearned the backdoor is reached by another, and chasing it is meant to
+remove what is left of a blended or warping trigger. The re-fitted triggers on held-in images
+also score the round (:meth:`SuspectedTriggers.probe`). With a known trigger (labelled mode) the
+real trigger is stamped instead.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,105 +25,145 @@ from torch import nn
 from onp.attacks.attack import Attack
 from onp.signal.perturbation import stamp_perturbation, universal_perturbation
 from onp.signal.probe import SYNTHESIZED, BackdoorProbe, concat_probes
+from onp.signal.warp import stamp_warp, universal_warp
 
 log = logging.getLogger(__name__)
 
-# Steps per round to follow the model with the perturbation (a warm start), about 5 s per round
-# on 2 cores. Chosen on held-in data among 0, 60 and 120 (at eps 0.1, on the same models and by
-# the same rule as PERTURBATION_EPS); 0 was far behind, 120 slightly.
+# Steps per round to follow the model with the universal triggers (a warm start), about 5 s per
+# trigger and round on 2 cores. Chosen on held-in data among 0, 60 and 120 (at eps 0.1, on the
+# same models and by the same rule as PERTURBATION_EPS); 0 was far behind, 120 slightly.
 REFRESH_STEPS = 60
+
+UNIVERSAL_KINDS: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = {
+    "perturbation": (universal_perturbation, stamp_perturbation),
+    "warp": (universal_warp, stamp_warp),
+}
+"""Kind -> (fit ``(model, images, target, bound, steps, seed=, start=)``, stamp
+``(images, params)``)."""
+
+
+@dataclass(frozen=True)
+class UniversalTrigger:
+    """One trigger shared by all images, fitted towards a target.
+
+    Attributes:
+        kind: A key of :data:`UNIVERSAL_KINDS`: ``perturbation`` (``params`` ``[1, C, H, W]``,
+            bound = largest change per pixel) or ``warp`` (``params`` ``[1, 2, k, k]`` control
+            offsets, bound = largest offset in pixels).
+        bound: The bound the fit keeps to.
+        params: The fitted parameters.
+    """
+
+    kind: str
+    bound: float
+    params: torch.Tensor
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` with this trigger (same shape)."""
+        return UNIVERSAL_KINDS[self.kind][1](images, self.params)
+
+
+def fit_universal(
+    kind: str, model: nn.Module, images: torch.Tensor, target: int, bound: float, steps: int,
+    seed: int = 0, start: UniversalTrigger | None = None,
+) -> UniversalTrigger:
+    """Fit a trigger of ``kind`` sending ``images`` to ``target`` (``model`` is not modified);
+    ``start`` warm-starts it."""
+    if kind not in UNIVERSAL_KINDS:
+        raise ValueError(f"fit_universal: kind must be one of {sorted(UNIVERSAL_KINDS)}, "
+                         f"found {kind!r}")
+    fit = UNIVERSAL_KINDS[kind][0]
+    params = fit(model, images, target, bound, steps, seed=seed,
+                 start=None if start is None else start.params)
+    return UniversalTrigger(kind, bound, params)
 
 
 class SuspectedTriggers:
-    """Stamps the synthesized patch on the first half of a batch, the perturbation on the rest.
+    """Shares a batch out between the synthesized patch and the universal triggers.
 
     Args:
         patch: Puts the synthesized trigger on ``[B, C, H, W]`` images (``None``: only the
-            perturbation).
-        perturbation: The universal perturbation (``[1, C, H, W]``; ``None``: only the patch).
+            universal triggers).
+        universal: The fitted universal triggers (may be empty when there is a patch).
         target: The suspected target, which :meth:`refresh` aims at.
-        images: Clean fitting images of other classes, to re-optimize the perturbation on.
-        eps: The perturbation's bound.
-        refresh_steps: Steps of each :meth:`refresh` (``0``: the perturbation stays fixed).
+        images: Clean fitting images of other classes, to re-fit the universal triggers on.
+        refresh_steps: Steps of each :meth:`refresh` (``0``: the triggers stay fixed).
         seed: Seeds the refreshes (each one draws from ``seed + its count``).
         base_probe: The fixed probe (the synthesized patch on held-in images) :meth:`probe`
             starts from.
-        probe_images: Held-in clean images of other classes that :meth:`probe` stamps with the
-            perturbation as it is now.
+        probe_images: Held-in clean images of other classes that :meth:`probe` stamps with each
+            universal trigger as it is now.
         probe_labels: Their classes.
     """
 
     def __init__(
         self,
         patch: Callable[[torch.Tensor], torch.Tensor] | None,
-        perturbation: torch.Tensor | None,
+        universal: Sequence[UniversalTrigger],
         target: int,
         images: torch.Tensor,
-        eps: float,
         refresh_steps: int = REFRESH_STEPS,
         seed: int = 0,
         base_probe: BackdoorProbe | None = None,
         probe_images: torch.Tensor | None = None,
         probe_labels: torch.Tensor | None = None,
     ) -> None:
-        if patch is None and perturbation is None:
-            raise ValueError("SuspectedTriggers: give a patch, a perturbation or both")
+        if patch is None and not universal:
+            raise ValueError("SuspectedTriggers: give a patch, a universal trigger or both")
         if (probe_images is None) != (probe_labels is None):
             raise ValueError("SuspectedTriggers: give probe_images and probe_labels together")
-        self.patch, self.perturbation = patch, perturbation
-        self.target, self.images, self.eps = target, images, eps
+        self.patch, self.universal = patch, list(universal)
+        self.target, self.images = target, images
         self.refresh_steps, self.seed, self.refreshes = refresh_steps, seed, 0
         self.base_probe, self.probe_images, self.probe_labels = (base_probe, probe_images,
                                                                  probe_labels)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """The images with a suspected trigger each (same shape)."""
-        if self.perturbation is None:
-            assert self.patch is not None
-            return self.patch(images)
-        if self.patch is None:
-            return stamp_perturbation(images, self.perturbation)
-        half = len(images) // 2
-        return torch.cat([self.patch(images[:half]),
-                          stamp_perturbation(images[half:], self.perturbation)])
+        """The images with a suspected trigger each (same shape): consecutive equal parts get
+        the patch, then each universal trigger in turn."""
+        stamps = ([self.patch] if self.patch is not None else []) + self.universal
+        parts = torch.tensor_split(images, len(stamps))
+        return torch.cat([stamp(part) for stamp, part in zip(stamps, parts, strict=True)])
 
     def refresh(self, model: nn.Module) -> None:
-        """Re-fit the perturbation to ``model`` as it is now (a warm start)."""
-        if self.perturbation is None or self.refresh_steps == 0:
+        """Re-fit the universal triggers to ``model`` as it is now (a warm start)."""
+        if not self.universal or self.refresh_steps == 0:
             return
-        self.perturbation = universal_perturbation(  # fits through a copy: model untouched
-            model, self.images, self.target, self.eps, self.refresh_steps,
-            seed=self.seed + self.refreshes, start=self.perturbation)
+        self.universal = [
+            fit_universal(t.kind, model, self.images, self.target, t.bound, self.refresh_steps,
+                          seed=self.seed + self.refreshes, start=t)
+            for t in self.universal]
         self.refreshes += 1
 
     def probe(self) -> BackdoorProbe | None:
-        """The base probe plus the held-in images with the perturbation as it is now."""
-        return self._probe_with(self.perturbation)
+        """The base probe plus the held-in images with each universal trigger as it is now."""
+        return self._probe_with(self.universal)
 
     def fresh_probe(self, model: nn.Module, steps: int) -> BackdoorProbe | None:
-        """The base probe plus the held-in images with a perturbation fitted afresh (from zero)
-        to ``model``: a reading that training against this stamp's perturbation did not shape.
+        """The base probe plus the held-in images with universal triggers fitted afresh to
+        ``model``: a reading that training against this stamp's triggers did not shape.
         ``model`` and this stamp are not modified."""
-        if self.perturbation is None or self.probe_images is None:
-            return self.base_probe
-        fresh = universal_perturbation(model, self.images, self.target, self.eps, steps,
-                                       seed=self.seed)
+        fresh = [fit_universal(t.kind, model, self.images, self.target, t.bound, steps,
+                               seed=self.seed) for t in self.universal]
         return self._probe_with(fresh)
 
-    def _probe_with(self, perturbation: torch.Tensor | None) -> BackdoorProbe | None:
-        if perturbation is None or self.probe_images is None:
+    def _probe_with(self, universal: Sequence[UniversalTrigger]) -> BackdoorProbe | None:
+        if not universal or self.probe_images is None:
             return self.base_probe
         assert self.probe_labels is not None
         count = len(self.probe_images)
-        current = BackdoorProbe(stamp_perturbation(self.probe_images, perturbation),
-                                torch.full((count,), self.target, dtype=torch.int64),
-                                self.probe_labels, known_trigger=False, source=SYNTHESIZED)
-        return current if self.base_probe is None else concat_probes(self.base_probe, current)
+        probes = [] if self.base_probe is None else [self.base_probe]
+        probes += [BackdoorProbe(trigger(self.probe_images),
+                                 torch.full((count,), self.target, dtype=torch.int64),
+                                 self.probe_labels, known_trigger=False, source=SYNTHESIZED)
+                   for trigger in universal]
+        return concat_probes(*probes)
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready summary (kinds, bound, refresh steps)."""
-        return {"patch": self.patch is not None, "perturbation": self.perturbation is not None,
-                "target": self.target, "eps": self.eps, "refresh_steps": self.refresh_steps,
+        """JSON-ready summary (kinds, bounds, refresh steps)."""
+        return {"patch": self.patch is not None,
+                "universal": [{"kind": t.kind, "bound": t.bound} for t in self.universal],
+                "target": self.target, "refresh_steps": self.refresh_steps,
                 "known_trigger": False}
 
 

@@ -12,9 +12,15 @@ from onp.errors import ONPInputError
 from onp.eval.metrics import predict
 from onp.graph.mask import full_mask
 from onp.repair.sparse import SparseConfig, prune_and_regrow, round_training_set
-from onp.repair.unlearn import KnownTriggerStamp, SuspectedTriggers
+from onp.repair.unlearn import (
+    KnownTriggerStamp,
+    SuspectedTriggers,
+    UniversalTrigger,
+    fit_universal,
+)
 from onp.signal.perturbation import stamp_perturbation, universal_perturbation
 from onp.signal.probe import SYNTHESIZED, BackdoorProbe
+from onp.signal.warp import stamp_warp
 from onp.training import TrainSettings, train_classifier
 
 from .test_sparse import SHAPE, _model, _probe, _toy
@@ -57,31 +63,64 @@ def test_a_round_adds_stamped_copies_with_their_true_labels() -> None:
     assert torch.equal(same, fit.images)  # no stamp, no unlearning
 
 
+def _additive(delta: torch.Tensor, bound: float = 0.2) -> UniversalTrigger:
+    return UniversalTrigger("perturbation", bound, delta)
+
+
 def test_suspected_triggers_stamp_both_halves_and_follow_the_model() -> None:
     model, _ = _model()
     images = _toy(32, 0).images
     delta = torch.full((1, *SHAPE), 0.05)
-    stamp = SuspectedTriggers(_corner, delta, 1, images, eps=0.2, refresh_steps=5)
+    stamp = SuspectedTriggers(_corner, [_additive(delta)], 1, images, refresh_steps=5)
     stamped = stamp(images[:6])
     assert (stamped[:3, :, -2:, -2:] == 1.0).all()  # the patch on the first half
     torch.testing.assert_close(stamped[3:], (images[3:6] + 0.05).clamp(0, 1))
     stamp.refresh(model)
-    assert not torch.equal(stamp.perturbation, delta)
-    assert float(stamp.perturbation.abs().max()) <= 0.2 + 1e-6 and stamp.refreshes == 1
+    refreshed = stamp.universal[0].params
+    assert not torch.equal(refreshed, delta)
+    assert float(refreshed.abs().max()) <= 0.2 + 1e-6 and stamp.refreshes == 1
     held = _toy(8, 3)
     others = torch.tensor([0, 2, 3])  # held-in images of classes other than the target 1
-    with_probe = SuspectedTriggers(None, delta, 1, images, eps=0.2, base_probe=_probe(held),
-                                   probe_images=held.images[others],
+    with_probe = SuspectedTriggers(None, [_additive(delta)], 1, images,
+                                   base_probe=_probe(held), probe_images=held.images[others],
                                    probe_labels=held.labels[others])
     joined = with_probe.probe()
     assert joined is not None and len(joined) == len(_probe(held)) + 3
     torch.testing.assert_close(joined.images[-3:], (held.images[others] + 0.05).clamp(0, 1))
     assert (joined.target_labels[-3:] == 1).all()
-    fixed = SuspectedTriggers(None, delta, 1, images, eps=0.2, refresh_steps=0)
+    fixed = SuspectedTriggers(None, [_additive(delta)], 1, images, refresh_steps=0)
     fixed.refresh(model)
-    assert torch.equal(fixed.perturbation, delta) and fixed.probe() is None
+    assert torch.equal(fixed.universal[0].params, delta) and fixed.probe() is None
     with pytest.raises(ValueError, match="patch"):
-        SuspectedTriggers(None, None, 1, images, eps=0.2)
+        SuspectedTriggers(None, [], 1, images)
+
+
+def test_a_patch_a_perturbation_and_a_warp_share_a_batch_in_thirds() -> None:
+    model, _ = _model()
+    images, toy = _toy(32, 0).images, _toy(8, 3)
+    held = toy.subset(toy.labels != 1)  # held-in images of classes other than the target 1
+    delta = torch.full((1, *SHAPE), 0.05)
+    control = torch.full((1, 2, 4, 4), 0.4)  # every pixel moved by 0.4 px right and down
+    warp = UniversalTrigger("warp", 0.5, control)
+    stamp = SuspectedTriggers(_corner, [_additive(delta), warp], 1, images, refresh_steps=4,
+                              base_probe=_probe(toy), probe_images=held.images,
+                              probe_labels=held.labels)
+    stamped = stamp(images[:6])
+    torch.testing.assert_close(stamped[:2], _corner(images[:2]))
+    torch.testing.assert_close(stamped[2:4], (images[2:4] + 0.05).clamp(0, 1))
+    torch.testing.assert_close(stamped[4:], stamp_warp(images[4:6], control))
+    assert not torch.allclose(stamped[4:], images[4:6])
+    probe = stamp.probe()  # the patch probe, then the held-in images with each trigger
+    assert probe is not None and len(probe) == len(_probe(toy)) + 2 * len(held)
+    torch.testing.assert_close(probe.images[-len(held):], stamp_warp(held.images, control))
+    stamp.refresh(model)
+    assert [t.kind for t in stamp.universal] == ["perturbation", "warp"]
+    assert float(stamp.universal[1].params.abs().max()) <= 0.5 + 1e-6
+    assert not torch.equal(stamp.universal[1].params, control)
+    assert stamp.describe()["universal"] == [{"kind": "perturbation", "bound": 0.2},
+                                             {"kind": "warp", "bound": 0.5}]
+    with pytest.raises(ValueError, match="kind"):
+        fit_universal("rotation", model, images, 1, 0.5, 1)
 
 
 def test_a_known_trigger_stamp_puts_the_real_trigger_on() -> None:
@@ -148,11 +187,12 @@ def test_the_rounds_leave_the_suspected_triggers_given_as_they_were() -> None:
     model, groups = _model()
     fit, held = _toy(64, 1), _toy(32, 2)
     delta = torch.full((1, *SHAPE), 0.05)
-    stamp = SuspectedTriggers(_corner, delta.clone(), 1, fit.images, eps=0.2, refresh_steps=3)
+    stamp = SuspectedTriggers(_corner, [_additive(delta.clone())], 1, fit.images,
+                              refresh_steps=3)
     config = SparseConfig(sparsity=0.25, rounds=2, batch_size=32, unlearn_fraction=0.5)
     prune_and_regrow(model, groups, fit, held, _probe(held), full_mask(groups), config,
                      stamp=stamp)
-    assert stamp.refreshes == 0 and torch.equal(stamp.perturbation, delta)
+    assert stamp.refreshes == 0 and torch.equal(stamp.universal[0].params, delta)
 
 
 def test_a_fresh_probe_fits_a_new_perturbation_and_leaves_the_stamp_alone() -> None:
@@ -163,13 +203,14 @@ def test_a_fresh_probe_fits_a_new_perturbation_and_leaves_the_stamp_alone() -> N
     held = _toy(16, 3)
     others = held.labels != 1
     delta = torch.zeros(1, *SHAPE)
-    stamp = SuspectedTriggers(None, delta.clone(), 1, images, eps=0.3, base_probe=_probe(held),
-                              probe_images=held.images[others], probe_labels=held.labels[others])
+    stamp = SuspectedTriggers(None, [_additive(delta.clone(), 0.3)], 1, images,
+                              base_probe=_probe(held), probe_images=held.images[others],
+                              probe_labels=held.labels[others])
     fresh = stamp.fresh_probe(model, steps=40)
     assert fresh is not None and len(fresh) == len(_probe(held)) + int(others.sum())
     added = fresh.images[len(_probe(held)):] - held.images[others]
     assert float(added.abs().max()) > 0.0  # a perturbation fitted to the model, not the zero one
     assert float(added.abs().max()) <= 0.3 + 1e-6
-    assert torch.equal(stamp.perturbation, delta) and stamp.refreshes == 0
+    assert torch.equal(stamp.universal[0].params, delta) and stamp.refreshes == 0
     assert fresh.asr_of(predict(model, fresh.images)) >= stamp.probe().asr_of(
         predict(model, stamp.probe().images))
