@@ -9,15 +9,13 @@ inner step of I-BAU (Zeng et al., ICLR 2022).
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from onp.errors import ONPInputError
+from onp.signal.universal import check_images, fit_universal_trigger
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +49,7 @@ def universal_perturbation(
 ) -> torch.Tensor:
     """Optimize one perturbation that sends ``images`` to ``target`` (Adam, projected to eps).
 
-    ``model`` is not modified (a frozen copy in eval mode is optimized through).
+    ``model`` is not modified (see :func:`onp.signal.universal.fit_universal_trigger`).
 
     Args:
         model: The classifier (takes ``[B, C, H, W]`` images in ``[0, 1]``).
@@ -73,24 +71,8 @@ def universal_perturbation(
     if not 0.0 < eps <= 1.0 or steps < 0 or batch_size < 1:
         raise ONPInputError(f"universal_perturbation: expected 0 < eps <= 1, steps >= 0 and "
                             f"batch_size >= 1, found {eps}, {steps}, {batch_size}")
-    if images.ndim != 4 or len(images) == 0:
-        raise ONPInputError(f"universal_perturbation: expected images [N, C, H, W] with N >= 1, "
-                            f"found {list(images.shape)}")
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    device = next(frozen.parameters()).device
-    initial = torch.zeros(1, *images.shape[1:]) if start is None else start.detach().cpu()
-    delta = initial.clamp(-eps, eps).to(device).requires_grad_(True)
-    optimizer = torch.optim.Adam([delta], lr=eps / 10)
-    generator = torch.Generator().manual_seed(seed)
-    targets = torch.full((batch_size,), target, dtype=torch.long, device=device)
-    for _ in tqdm(range(steps), desc=f"perturbation for class {target}", leave=False,
-                  mininterval=1.0):
-        batch = images[torch.randint(len(images), (batch_size,), generator=generator)]
-        logits = frozen(stamp_perturbation(batch.to(device), delta))
-        loss = F.cross_entropy(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            delta.clamp_(-eps, eps)
-    return delta.detach().cpu()
+    check_images("universal_perturbation", images)
+    initial = torch.zeros(1, *images.shape[1:]) if start is None else start
+    return fit_universal_trigger(model, images, target, initial, eps, stamp_perturbation, steps,
+                                 batch_size, torch.Generator().manual_seed(seed),
+                                 f"perturbation for class {target}")

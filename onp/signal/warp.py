@@ -11,15 +11,14 @@ sub-pixel shifts are what its training augmentations already show it.
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from onp.errors import ONPInputError
+from onp.signal.universal import check_images, fit_universal_trigger
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ def universal_warp(
 ) -> torch.Tensor:
     """Fit one warp field that sends ``images`` to ``target`` (Adam, offsets clamped).
 
-    ``model`` is not modified (a frozen copy in eval mode is optimized through).
+    ``model`` is not modified (see :func:`onp.signal.universal.fit_universal_trigger`).
 
     Args:
         model: The classifier (takes ``[B, C, H, W]`` images in ``[0, 1]``).
@@ -93,26 +92,10 @@ def universal_warp(
         raise ONPInputError(f"universal_warp: expected max_shift > 0, steps >= 0, batch_size "
                             f">= 1 and grid_size >= 2, found {max_shift}, {steps}, "
                             f"{batch_size}, {grid_size}")
-    if images.ndim != 4 or len(images) == 0:
-        raise ONPInputError(f"universal_warp: expected images [N, C, H, W] with N >= 1, "
-                            f"found {list(images.shape)}")
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    device = next(frozen.parameters()).device
+    check_images("universal_warp", images)
     generator = torch.Generator().manual_seed(seed)
     if start is None:
-        initial = (torch.rand(1, 2, grid_size, grid_size, generator=generator) * 2 - 1) * (
+        start = (torch.rand(1, 2, grid_size, grid_size, generator=generator) * 2 - 1) * (
             0.1 * max_shift)
-    else:
-        initial = start.detach().cpu()
-    control = initial.clamp(-max_shift, max_shift).to(device).requires_grad_(True)
-    optimizer = torch.optim.Adam([control], lr=max_shift / 10)
-    targets = torch.full((batch_size,), target, dtype=torch.long, device=device)
-    for _ in tqdm(range(steps), desc=f"warp for class {target}", leave=False, mininterval=1.0):
-        batch = images[torch.randint(len(images), (batch_size,), generator=generator)]
-        loss = F.cross_entropy(frozen(stamp_warp(batch.to(device), control)), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            control.clamp_(-max_shift, max_shift)
-    return control.detach().cpu()
+    return fit_universal_trigger(model, images, target, start, max_shift, stamp_warp, steps,
+                                 batch_size, generator, f"warp for class {target}")
