@@ -29,6 +29,8 @@ from onp.io import atomic_path, write_json
 log = logging.getLogger(__name__)
 
 POLICY_WEIGHTS, POLICY_SPEC = "policy.safetensors", "policy.json"
+CANDIDATES = 8
+"""Masks per task that :class:`EpisodeLogger` keeps for :func:`best_mask` to re-check."""
 
 
 @dataclass(frozen=True)
@@ -144,18 +146,19 @@ class EpisodeLogger(BaseCallback):
     TensorBoard keys (``episode/``): ``reward``, ``clean_accuracy``, ``proxy_asr``, ``true_asr``
     (when an evaluation set is attached), ``pruned_fraction``, ``utility``; and
     ``prune_counts/<group>`` per layer group. PPO's own ``train/entropy_loss`` is the policy
-    entropy. The best mask of a task is the one with the highest utility on the defense batches
-    (never the true ASR).
+    entropy. Per task it keeps the ``candidates`` distinct final masks with the highest utility
+    on the defense batches (never the true ASR), best first, for :func:`best_mask` to re-check.
 
     Args:
         env: The (unwrapped) training environment.
         total: Timesteps of this run, for the progress bar.
+        candidates: Masks kept per task.
     """
 
-    def __init__(self, env: ChannelPruningEnv, total: int) -> None:
+    def __init__(self, env: ChannelPruningEnv, total: int, candidates: int = CANDIDATES) -> None:
         super().__init__()
-        self.env, self.total = env, total
-        self.best: dict[str, dict[str, Any]] = {}
+        self.env, self.total, self.keep = env, total, candidates
+        self.candidates: dict[str, list[dict[str, Any]]] = {}
         self.returns: list[float] = []
         self._episode_return = 0.0
         self._bar: tqdm | None = None
@@ -190,15 +193,21 @@ class EpisodeLogger(BaseCallback):
                 counts[int(task.groups.node_group[node])] += 1
             for group in task.groups.groups:
                 logger.record(f"prune_counts/{task.name}/{group.index}", counts[group.index])
-            best = self.best.get(task.name)
-            if best is None or utility > best["utility"]:
-                self.best[task.name] = {**info, "utility": utility, "mask": mask.clone(),
-                                        "timestep": self.num_timesteps}
+            self._keep_candidate(task.name, {**info, "utility": utility, "mask": mask.clone(),
+                                             "timestep": self.num_timesteps})
         self.returns.append(self._episode_return)
         if self._bar is not None:
             self._bar.set_postfix(reward=f"{self._episode_return:+.3f}", refresh=False)
         self._episode_return = 0.0
         logger.dump(self.num_timesteps)
+
+    def _keep_candidate(self, task: str, episode: dict[str, Any]) -> None:
+        kept = self.candidates.setdefault(task, [])
+        if any(torch.equal(k["mask"], episode["mask"]) for k in kept):
+            return  # the first episode to reach a mask keeps it
+        kept.append(episode)
+        kept.sort(key=lambda k: -k["utility"])  # stable: ties keep the earlier episode first
+        del kept[self.keep:]
 
     def close(self) -> None:
         """Close the progress bar."""
@@ -206,14 +215,39 @@ class EpisodeLogger(BaseCallback):
             self._bar.close()
             self._bar = None
 
-    def best_json(self) -> dict[str, Any]:
-        """The best masks as JSON: pruned node ids and scores per task."""
-        return {
-            name: {**{k: v for k, v in b.items() if isinstance(v, int | float | str | bool)
-                       or v is None},
-                   "pruned_nodes": np.flatnonzero(~b["mask"].numpy()).tolist()}
-            for name, b in self.best.items()
-        }
+
+
+def best_mask(result: LearnResult, task: int) -> dict[str, Any]:
+    """The seed mask of ``task``: the best of the kept episodes and the greedy rollout.
+
+    Each candidate is read again on the task's check sets (more clean defense images and the
+    whole probe, :meth:`~onp.task.PruningTask.check_score`), and the one with the highest
+    utility there wins. The episodes were kept for their utility on the small step batches, so
+    that reading is biased upwards for the very masks it picked; the check is not.
+
+    Returns:
+        The winner's ``mask``, ``source`` (``best-episode`` or ``greedy``), ``utility`` on the
+        step batches, and ``check`` (``clean_accuracy``, ``proxy_asr``, ``utility``) on the check
+        sets; ``candidates`` is how many masks were compared.
+    """
+    env, name = result.env, result.env.tasks[task].name
+    greedy = rollout(result.agent, env, task)
+    pool = [{**e, "source": "best-episode"} for e in result.episodes.candidates.get(name, [])]
+    pool.append({**greedy, "source": "greedy"})
+    for entry in pool:
+        score = env.tasks[task].check_score(entry["mask"])
+        entry["check"] = {"clean_accuracy": score.clean_accuracy, "proxy_asr": score.proxy_asr,
+                          "utility": env.utility(score)}
+    winner = max(pool, key=lambda e: e["check"]["utility"])  # first of equals: the best episode
+    return {"mask": winner["mask"].clone(), "source": winner["source"],
+            "utility": float(winner["utility"]), "check": winner["check"],
+            "candidates": len(pool)}
+
+
+def mask_json(choice: dict[str, Any]) -> dict[str, Any]:
+    """A :func:`best_mask` result as JSON: its scores and the pruned node ids."""
+    return {**{k: v for k, v in choice.items() if k != "mask"},
+            "pruned_nodes": np.flatnonzero(~choice["mask"].numpy()).tolist()}
 
 
 @dataclass

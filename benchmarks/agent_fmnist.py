@@ -3,10 +3,12 @@
 Trigger-free throughout (the agent sees only clean defense data and its synthesized probe); the
 held-out test sets are used only to report. Steps:
 
-1. train the policy on ``--train`` models; for each, the agent's mask (best by defense utility
-   during training), random pruning of the same number of channels (mean of draws), and greedy
-   pruning by the single feature ``trigger_z`` until the proxy ASR on the defense probe reaches
-   the env's threshold (or the budget) — CA, true ASR, channels, seconds;
+1. train the policy on ``--train`` models; for each, the agent's mask (the best episodes by
+   defense utility on the step batches, re-checked on more defense data:
+   :func:`agents.ppo.best_mask`; the unchecked choice, the best episode by the step batches
+   alone, is reported beside it), random pruning of the same number of channels (mean of
+   draws), and greedy pruning by the single feature ``trigger_z`` until the proxy ASR on the
+   defense probe reaches the env's threshold (or the budget) — CA, true ASR, channels, seconds;
 2. on the ``--heldout`` model: the trained policy applied as is, fine-tuned for
    ``--finetune-steps``, and a fresh policy trained from scratch for the same steps;
 3. the episode-reward curve of step 1 as a PNG.
@@ -30,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from agents.ppo import PPOConfig, learn, rollout, save_policy  # noqa: E402
+from agents.ppo import PPOConfig, best_mask, learn, save_policy  # noqa: E402
 from envs.pruning_env import ChannelPruningEnv, EnvConfig  # noqa: E402
 from onp.graph.features import feature_index  # noqa: E402
 from onp.graph.mask import ChannelMask, masked  # noqa: E402
@@ -82,17 +84,6 @@ def random_same_count(subject, task, count: int, draws: int, seed: int) -> dict:
     return {key: round(float(np.mean([r[key] for r in rows])), 2) for key in rows[0]}
 
 
-def agent_mask(result, task: PruningTask) -> ChannelMask:
-    """The best mask of training by defense utility, or the greedy rollout's if that is better
-    (or if there was no training)."""
-    index = result.env.tasks.index(task)
-    greedy = rollout(result.agent, result.env, index)
-    best = result.episodes.best.get(task.name)
-    if best is not None and best["utility"] >= greedy["utility"]:
-        return best["mask"]
-    return greedy["mask"]
-
-
 def reward_curve(returns: list[float], path: Path) -> None:
     """Episode reward (and its moving mean) against episode number."""
     figure, axis = plt.subplots(figsize=(6, 3.5))
@@ -134,14 +125,19 @@ def main() -> None:
     report: dict = {"timesteps": args.timesteps, "train_seconds": round(result.seconds, 1),
                     "torch_threads": torch.get_num_threads(), "models": {}}
     for subject, task, signal_seconds in prepared:
-        mask = agent_mask(result, task)
+        choice = best_mask(result, result.env.tasks.index(task))
+        mask = choice["mask"]
+        unchecked = result.episodes.candidates[task.name][0]
         start = time.perf_counter()
         greedy = feature_greedy(task, env_config)
         greedy_seconds = time.perf_counter() - start
         report["models"][task.name] = {
             "signal_seconds": round(signal_seconds, 1),
             "unpruned": test_metrics(subject, task, torch.ones(task.num_nodes, dtype=bool)),
-            "agent": test_metrics(subject, task, mask),
+            "agent": {**test_metrics(subject, task, mask), "source": choice["source"],
+                      "check": choice["check"], "step_utility": choice["utility"]},
+            "agent_unchecked": {**test_metrics(subject, task, unchecked["mask"]),
+                                "step_utility": unchecked["utility"]},
             "random_same_count": random_same_count(
                 subject, task, int((~mask).sum()), args.random_draws, args.seed),
             "greedy_trigger_z": {**test_metrics(subject, task, greedy),
@@ -164,7 +160,7 @@ def transfer(args, heldout, ppo: PPOConfig, config: EnvConfig) -> dict:
         env = ChannelPruningEnv(task, config)
         start = time.perf_counter()
         result = learn(env, ppo, steps, args.seed, None, init)
-        mask = agent_mask(result, task)
+        mask = best_mask(result, result.env.tasks.index(task))["mask"]
         out[name] = {**test_metrics(subject, task, mask), "steps": steps,
                      "seconds": round(time.perf_counter() - start, 1)}
     out["unpruned"] = test_metrics(subject, task, torch.ones(task.num_nodes, dtype=bool))

@@ -5,6 +5,10 @@ model code. Clean accuracy and the proxy ASR are measured on small fixed batches
 data (issue 3: "evaluate on fixed small batches"); the true ASR is measured only when an
 evaluation set is attached, for logging, and never enters the reward outside known-trigger mode
 (where the probe itself carries the real trigger and is labelled so).
+
+The small batches make steps fast but their readings noisy, so the best of many masks scored on
+them is flattered (a lucky draw wins). :meth:`PruningTask.check_score` re-reads a few chosen
+masks on larger check sets of the same defense data: more clean images and the whole probe.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from torch_geometric.data import Data
 from onp.data.splits import subsample
 from onp.data.types import ImageSet
 from onp.errors import ONPInputError
-from onp.eval.metrics import accuracy_of
+from onp.eval.metrics import accuracy_of, predict
 from onp.graph.evaluate import CachedMaskedForward
 from onp.graph.groups import ChannelGroups, trace_groups
-from onp.graph.mask import ChannelMask
+from onp.graph.mask import ChannelMask, masked
 from onp.graph.neuron_graph import build_neuron_graph
 from onp.signal.probe import BackdoorProbe
 
@@ -55,6 +59,7 @@ class PruningTask:
         probe: Triggered defense images for the proxy ASR; ``probe.known_trigger`` marks
             known-trigger mode.
         evaluation: Held-out poisoned images for the true ASR (logging only), or ``None``.
+        check: Larger clean and triggered defense sets for :meth:`check_score`, or ``None``.
     """
 
     def __init__(
@@ -66,13 +71,14 @@ class PruningTask:
         clean: ImageSet,
         probe: BackdoorProbe,
         evaluation: BackdoorProbe | None = None,
+        check: tuple[ImageSet, BackdoorProbe] | None = None,
     ) -> None:
         if graph.num_nodes != groups.num_nodes:
             raise ONPInputError(
                 f"task {name}: graph has {graph.num_nodes} nodes, groups {groups.num_nodes}"
             )
         self.name, self.model, self.groups, self.graph = name, model, groups, graph
-        self.clean, self.probe, self.evaluation = clean, probe, evaluation
+        self.clean, self.probe, self.evaluation, self.check = clean, probe, evaluation, check
         self._split = len(clean)
         self._forward = CachedMaskedForward(model, groups, torch.cat([clean.images, probe.images]))
         # The true ASR is logged once per episode, not per step: a forward of its own.
@@ -103,6 +109,17 @@ class PruningTask:
             true_asr=true_asr,
         )
 
+    def check_score(self, mask: ChannelMask) -> MaskScore:
+        """Clean accuracy and proxy ASR under ``mask`` on the check sets (:meth:`score` when
+        the task has none). Slower than :meth:`score`: meant for a few candidate masks."""
+        if self.check is None:
+            return self.score(mask)
+        clean, probe = self.check
+        with masked(self.model, self.groups, mask):
+            on_clean = predict(self.model, clean.images)
+            on_probe = predict(self.model, probe.images)
+        return MaskScore(accuracy_of(on_clean, clean.labels), probe.asr_of(on_probe))
+
 
 @dataclass(frozen=True)
 class TaskConfig:
@@ -113,12 +130,15 @@ class TaskConfig:
         probe_batch: Probe images for the proxy ASR.
         eval_batch: Held-out poisoned images for the logged true ASR.
         max_in_edges: Strongest incoming edges kept per node of the neuron graph.
+        check_clean: Clean defense images of :meth:`PruningTask.check_score` (the whole probe
+            is its triggered part); ``0``: no check sets, ``check_score`` is ``score``.
     """
 
     clean_batch: int = 192
     probe_batch: int = 64
     eval_batch: int = 512
     max_in_edges: int = 8
+    check_clean: int = 1024
 
 
 def _first(probe: BackdoorProbe, count: int) -> BackdoorProbe:
@@ -143,8 +163,10 @@ def build_task(
         name: Name for logs.
         model: The infected classifier (not modified).
         defense: The defender's clean images; a stratified draw of ``clean_batch`` of them
-            measures clean accuracy.
-        probe: Triggered defense images (trigger-free: :func:`onp.signal.estimate_probe`).
+            measures clean accuracy, and one of ``check_clean`` the check's
+            (:meth:`~PruningTask.check_score`).
+        probe: Triggered defense images (trigger-free: :func:`onp.signal.estimate_probe`); the
+            first ``probe_batch`` score steps, all of them score checks.
         config: Batch sizes (default: :class:`TaskConfig`).
         seed: Seeds the clean draw (default: 0).
         evaluation: Held-out poisoned images for the logged true ASR (default: none).
@@ -159,7 +181,10 @@ def build_task(
     graph = build_neuron_graph(
         model, groups, clean.images, probe.images, max_in_edges=config.max_in_edges
     )
+    check = None
+    if config.check_clean > 0:
+        check = (subsample(defense, min(config.check_clean, len(defense)), seed=seed), probe)
     return PruningTask(
         name, model, groups, graph, clean, _first(probe, config.probe_batch),
-        None if evaluation is None else _first(evaluation, config.eval_batch),
+        None if evaluation is None else _first(evaluation, config.eval_batch), check,
     )

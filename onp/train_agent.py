@@ -6,7 +6,8 @@ Example:
 
 ``--out DIR`` receives: ``config.json`` (resolved settings), ``signal/<model>.json`` (the
 trigger-free signal), ``policy/`` (final policy), ``checkpoints/`` (periodic, for ``--resume``),
-``best_masks.json`` (per model, the best mask found while training, chosen on defense data),
+``best_masks.json`` (per model, the best mask found while training: the best episodes by the
+step batches, re-checked on more defense data, :func:`agents.ppo.best_mask`),
 ``results.json`` (the policy's greedy mask per model, with held-out test metrics when the attack
 is known) and ``tb/`` (TensorBoard). Without ``--known-trigger`` no poisoned data or trigger is
 used by the agent; the true ASR is only logged.
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from agents.ppo import PPOConfig, learn, rollout, save_policy
+from agents.ppo import PPOConfig, best_mask, learn, mask_json, rollout, save_policy
 from envs.pruning_env import ChannelPruningEnv, EnvConfig
 from onp.cli import run_command
 from onp.config import config_from_dict, config_to_dict
@@ -60,6 +61,8 @@ class TrainAgentConfig:
     max_nodes: int = field(default=0, metadata={"help": "padded node count (0 = largest)"})
     clean_batch: int = field(default=192, metadata={"help": "clean images per score"})
     probe_batch: int = field(default=64, metadata={"help": "probe images per score"})
+    check_clean: int = field(default=1024, metadata={
+        "help": "clean images re-checking the best masks, with the whole probe (0: off)"})
     ppo: dict = field(default_factory=dict, metadata={"help": "JSON PPOConfig overrides"})
     signal: dict = field(default_factory=dict, metadata={"help": "JSON SignalConfig overrides"})
     policy: str | None = field(default=None, metadata={"help": "start from this policy dir"})
@@ -112,7 +115,8 @@ def make_probe(subject: Subject, config: TrainAgentConfig, out: Path) -> Backdoo
 def prepare_tasks(config: TrainAgentConfig, out: Path) -> tuple[list[Subject], list[PruningTask]]:
     """Load each model, estimate its probe and build its pruning task."""
     subjects, tasks = [], []
-    task_config = TaskConfig(clean_batch=config.clean_batch, probe_batch=config.probe_batch)
+    task_config = TaskConfig(clean_batch=config.clean_batch, probe_batch=config.probe_batch,
+                             check_clean=config.check_clean)
     for path in config.models:
         subject = load_subject(path, config.dataset, config.data_root, config.defense_size)
         probe = make_probe(subject, config, out)
@@ -146,20 +150,19 @@ def train_agent(config: TrainAgentConfig) -> dict[str, Any]:
         asr_weight=config.asr_weight, max_nodes=config.max_nodes))
     trained = learn(env, ppo_config, config.timesteps, config.seed, out, config.policy,
                     config.resume, config.checkpoint_every, config.device)
-    agent, logger, train_seconds = trained.agent, trained.episodes, trained.seconds
+    agent, train_seconds = trained.agent, trained.seconds
     save_policy(agent, out / "policy", ppo_config)
     results: dict[str, Any] = {"known_trigger": config.known_trigger, "models": {},
                                "setup_seconds": round(setup_seconds, 1),
                                "train_seconds": round(train_seconds, 1)}
-    best = logger.best_json()
+    best: dict[str, Any] = {}
     for index, (subject, task) in enumerate(zip(subjects, tasks, strict=True)):
         greedy = rollout(agent, env, index)
         entry = {k: greedy[k] for k in ("clean_accuracy", "proxy_asr", "pruned", "utility")}
         entry["pruned_nodes"] = torch.nonzero(~greedy["mask"]).flatten().tolist()
         entry.update(mask_metrics(subject, task, greedy["mask"]))
-        if subject.name in logger.best:
-            best_mask = logger.best[subject.name]["mask"]
-            best[subject.name].update(mask_metrics(subject, task, best_mask))
+        choice = best_mask(trained, index)
+        best[subject.name] = {**mask_json(choice), **mask_metrics(subject, task, choice["mask"])}
         results["models"][subject.name] = {"policy_mask": entry, "unpruned": mask_metrics(
             subject, task, torch.ones(task.num_nodes, dtype=torch.bool))}
     write_json(out / "best_masks.json", best)

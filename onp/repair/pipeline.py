@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.ppo import PPOConfig, learn, read_policy_spec, rollout
+from agents.ppo import PPOConfig, best_mask, learn, read_policy_spec
 from envs.pruning_env import ChannelPruningEnv, EnvConfig
 from onp.config import config_from_dict, config_to_dict
 from onp.data.registry import load_dataset
@@ -138,6 +138,10 @@ class ApplyConfig:
     asr_weight: float = field(default=1.0, metadata=_help("ASR weight in the utility CA - w*ASR"))
     clean_batch: int = field(default=192, metadata=_help("clean images per mask score"))
     probe_batch: int = field(default=64, metadata=_help("probe images per mask score"))
+    # 0 keeps the seed mask the tables of issues 5 and 6 were made with: the agent's best episode
+    # by the step batches alone. onp.train_agent re-checks (its default is 1024).
+    mask_check_clean: int = field(default=0, metadata=_help(
+        "clean defense images re-checking the agent's best masks, with the whole probe (0: off)"))
     sparsity: float = field(default=DEFAULT_SPARSITY, metadata=_help(
         "share of each chosen group pruned per round"))
     rounds: int = field(default=DEFAULT_ROUNDS, metadata=_help("prune-regrow rounds (1 epoch)"))
@@ -370,15 +374,11 @@ def suspected_triggers(
     return stamp, probe
 
 
-def _best_mask(result: Any, task: PruningTask, timesteps: int, source: str) -> MaskChoice:
-    """The better of the best training episode and the greedy rollout, by defense utility."""
-    greedy = rollout(result.agent, result.env, 0)
-    best = result.episodes.best.get(task.name)
-    if best is not None and best["utility"] >= greedy["utility"]:
-        return MaskChoice(best["mask"].clone(), f"{source}:best-episode", timesteps,
-                          float(best["utility"]))
-    return MaskChoice(greedy["mask"].clone(), f"{source}:greedy", timesteps,
-                      float(greedy["utility"]))
+def _seed_mask(result: Any, timesteps: int, source: str) -> MaskChoice:
+    """The better of the best training episodes and the greedy rollout (:func:`best_mask`)."""
+    choice = best_mask(result, 0)
+    return MaskChoice(choice["mask"], f"{source}:{choice['source']}", timesteps,
+                      float(choice["check"]["utility"]))
 
 
 def choose_mask(task: PruningTask, config: ApplyConfig) -> MaskChoice:
@@ -398,7 +398,7 @@ def choose_mask(task: PruningTask, config: ApplyConfig) -> MaskChoice:
     result = learn(env, ppo, steps, config.seed, None, config.policy, device=config.device)
     source = "trained" if config.policy is None else ("policy" if steps == 0 else
                                                       "policy-finetuned")
-    return _best_mask(result, task, steps, source)
+    return _seed_mask(result, steps, source)
 
 
 def detector_probe(stage: ProbeStage, repaired: Classifier, config: ApplyConfig) -> BackdoorProbe:
@@ -467,7 +467,8 @@ def run_apply(
         stage = prepared[1] if prepared else make_probe(inputs, config)
     with timer.stage("mask"):
         task = build_task(inputs.name, inputs.model, stage.fit, stage.probe,
-                          TaskConfig(config.clean_batch, config.probe_batch), config.seed)
+                          TaskConfig(config.clean_batch, config.probe_batch,
+                                     check_clean=config.mask_check_clean), config.seed)
         choice = (MaskChoice(seed_mask, "given", 0, None) if seed_mask is not None
                   else choose_mask(task, config))
     with timer.stage("repair"):
