@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -110,3 +111,27 @@ def test_the_summary_averages_der_over_seeds_then_attacks() -> None:
     assert "| onp | – | 95.00 | – |" in lines  # no finished blended cell: no mean
     assert lines.index("| anp | 72.50 | 85.00 | 60.00 |") < lines.index("| onp | – | 95.00 | – |")
     assert "Best DER per attack: badnets: onp (95.00); blended: anp (60.00)." in lines
+
+
+def test_collect_only_tabulates_stored_cells_and_runs_nothing(
+    bench_run, tiny_data: Path, tmp_path: Path
+) -> None:
+    source, _ = bench_run
+    out = tmp_path / "collected"
+    shutil.copytree(source / "cells", out / "cells")
+    (out / "cells" / "badnets-s0" / "finetune.json").unlink()
+    stored = json.loads((out / "cells" / "badnets-s0" / "clp.json").read_text())
+    other_anp = dict(TINY_DEFENSES, anp={"iterations": 5, "batch_size": 32})
+    args = _args(tiny_data, out, "--collect-only", "true", "--defenses", "clp", "finetune",
+                 "anp", "onp")
+    args[args.index("--defense-options") + 1] = json.dumps(other_anp)
+    assert main(args) == 0
+    assert not (out / "models").exists()  # nothing was trained
+    rows = {row["defense"]: row for row in csv.DictReader((out / "results.csv").open())}
+    assert rows["clp"]["status"] == "ok"
+    assert float(rows["clp"]["CA"]) == round(100 * stored["clean_accuracy"], 2)
+    assert rows["none"]["CA"] == rows["clp"]["CA_before"] and rows["none"]["RA"] == ""
+    assert rows["finetune"]["error"] == "collect only: no stored cell"
+    assert rows["anp"]["error"] == "collect only: stored with other settings"
+    assert rows["onp"]["error"] == "collect only: the stored cell is skipped"
+    assert "| clp |" in (out / "results.md").read_text()

@@ -57,6 +57,10 @@ class SuiteConfig:
         default_factory=dict, metadata={"help": "JSON {defense: {setting: value}} overrides"})
     resume: bool = field(
         default=True, metadata={"help": "reuse finished cells in OUT/cells with equal settings"})
+    collect_only: bool = field(default=False, metadata={
+        "help": "run nothing: tabulate the cells stored in OUT/cells (e.g. copied there from "
+                "runs made side by side); a missing cell, or one made with other settings, is "
+                "reported as skipped"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
     out: str = field(default="runs/bench", metadata={"help": "output directory"})
 

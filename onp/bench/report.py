@@ -17,7 +17,7 @@ import logging
 import math
 import platform
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,11 @@ def csv_row(config: SuiteConfig, cell: CellResult) -> dict[str, Any]:
     }
 
 
+def _percents(values: Iterable[float | None]) -> list[float]:
+    """The known values, in percent (a collected ``"none"`` row has no RA)."""
+    return [100 * v for v in values if v is not None]
+
+
 def mean_std(values: Sequence[float]) -> str:
     """``"m ± s"`` (two decimals); one value gives ``"m"``, none gives ``"–"``."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
@@ -97,7 +102,7 @@ def markdown_table(config: SuiteConfig, cells: Sequence[CellResult]) -> str:
             lines.append(
                 f"| {defense} | {mean_std([100 * c.clean_accuracy for c in done])} | "
                 f"{mean_std([100 * c.attack_success_rate for c in done])} | "
-                f"{mean_std([100 * c.robust_accuracy for c in done])} | "
+                f"{mean_std(_percents(c.robust_accuracy for c in done))} | "
                 f"{mean_std([100 * c.der for c in done])} | "
                 f"{mean_std([c.wall_time_s for c in done])} | "
                 f"{mean_std([c.peak_rss_mb for c in done if c.peak_rss_mb is not None])} | "

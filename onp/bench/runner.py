@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -210,12 +210,53 @@ def _cached_cell(
     return stored
 
 
+def _unusable(path: Path) -> str:
+    """Why the stored cell at ``path`` cannot be collected."""
+    if not path.is_file():
+        return "no stored cell"
+    status = json.loads(path.read_text()).get("status")
+    return f"the stored cell is {status}" if status != OK else "stored with other settings"
+
+
+def collect_cells(config: SuiteConfig) -> list[CellResult]:
+    """The cells of ``config`` stored under ``config.out/cells``, without running anything.
+
+    A cell that is not stored, or was made with other settings than the suite's, comes back as
+    skipped with the reason. The ``"none"`` row of a model is read off its stored cells (the
+    infected model's CA and ASR; its RA is not stored, so it is left empty).
+
+    Returns:
+        Rows as :func:`run_suite` gives them.
+    """
+    cells: list[CellResult] = []
+    for seed in config.seeds:
+        for attack in config.attacks:
+            row: list[CellResult] = []
+            for name in config.defenses:
+                path = cell_path(Path(config.out), attack, seed, name)
+                stored = _cached_cell(replace(config, resume=True), path, name, True)
+                row.append(stored or CellResult(attack, seed, name, SKIPPED,
+                                                error=f"collect only: {_unusable(path)}"))
+            done = [c for c in row if c.status == OK]
+            if done:
+                cells.append(CellResult(
+                    attack, seed, NO_DEFENSE, OK, clean_accuracy=done[0].ca_before,
+                    attack_success_rate=done[0].asr_before, der=0.5,
+                    ca_before=done[0].ca_before, asr_before=done[0].asr_before,
+                    wall_time_s=0.0, model_cached=True))
+            cells += row
+    return cells
+
+
 def run_suite(config: SuiteConfig) -> list[CellResult]:
-    """Every attack x seed x defense of ``config``; writes models and cells under ``config.out``.
+    """Every attack x seed x defense of ``config``; writes models and cells under ``config.out``
+    (with ``config.collect_only``, :func:`collect_cells` instead).
 
     Returns:
         One row per cell, with a ``"none"`` reference row per infected model.
     """
+    if config.collect_only:
+        return collect_cells(config)
     out = Path(config.out)
     cells: list[CellResult] = []
     jobs = [(attack, seed) for seed in config.seeds for attack in config.attacks]
