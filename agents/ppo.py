@@ -24,7 +24,9 @@ from tqdm.auto import tqdm
 from agents.gnn_policy import GNNMaskablePolicy
 from envs.pruning_env import ChannelPruningEnv
 from onp.errors import ONPInputError
+from onp.graph.mask import ChannelMask
 from onp.io import atomic_path, write_json
+from onp.task import MaskScore
 
 log = logging.getLogger(__name__)
 
@@ -217,37 +219,54 @@ class EpisodeLogger(BaseCallback):
 
 
 
-def best_mask(result: LearnResult, task: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CheckedMask:
+    """The mask :func:`best_mask` picks, with its readings (fractions in ``[0, 1]``).
+
+    Attributes:
+        mask: ``[num_nodes]`` bool, ``True`` = kept.
+        source: ``best-episode`` or ``greedy`` (the policy's greedy rollout).
+        step_utility: ``CA - asr_weight * proxy ASR`` on the step batches.
+        check: Clean accuracy and proxy ASR on the check sets.
+        check_utility: The utility on the check sets, which chose the mask.
+        candidates: How many masks were compared.
+    """
+
+    mask: ChannelMask
+    source: str
+    step_utility: float
+    check: MaskScore
+    check_utility: float
+    candidates: int
+
+    def to_json(self) -> dict[str, Any]:
+        """Its readings and the pruned node ids, JSON-ready."""
+        return {"source": self.source, "step_utility": self.step_utility,
+                "check": {"clean_accuracy": self.check.clean_accuracy,
+                          "proxy_asr": self.check.proxy_asr, "utility": self.check_utility},
+                "candidates": self.candidates,
+                "pruned_nodes": np.flatnonzero(~self.mask.numpy()).tolist()}
+
+
+def best_mask(result: LearnResult, task: int) -> CheckedMask:
     """The seed mask of ``task``: the best of the kept episodes and the greedy rollout.
 
     Each candidate is read again on the task's check sets (more clean defense images and the
     whole probe, :meth:`~onp.task.PruningTask.check_score`), and the one with the highest
-    utility there wins. The episodes were kept for their utility on the small step batches, so
-    that reading is biased upwards for the very masks it picked; the check is not.
-
-    Returns:
-        The winner's ``mask``, ``source`` (``best-episode`` or ``greedy``), ``utility`` on the
-        step batches, and ``check`` (``clean_accuracy``, ``proxy_asr``, ``utility``) on the check
-        sets; ``candidates`` is how many masks were compared.
+    utility there wins (the first of equals, so the best episode before the rollout). The
+    episodes were kept for their utility on the small step batches, so that reading is biased
+    upwards for the very masks it picked; the check is not.
     """
     env, name = result.env, result.env.tasks[task].name
     greedy = rollout(result.agent, env, task)
-    pool = [{**e, "source": "best-episode"} for e in result.episodes.candidates.get(name, [])]
-    pool.append({**greedy, "source": "greedy"})
-    for entry in pool:
-        score = env.tasks[task].check_score(entry["mask"])
-        entry["check"] = {"clean_accuracy": score.clean_accuracy, "proxy_asr": score.proxy_asr,
-                          "utility": env.utility(score)}
-    winner = max(pool, key=lambda e: e["check"]["utility"])  # first of equals: the best episode
-    return {"mask": winner["mask"].clone(), "source": winner["source"],
-            "utility": float(winner["utility"]), "check": winner["check"],
-            "candidates": len(pool)}
-
-
-def mask_json(choice: dict[str, Any]) -> dict[str, Any]:
-    """A :func:`best_mask` result as JSON: its scores and the pruned node ids."""
-    return {**{k: v for k, v in choice.items() if k != "mask"},
-            "pruned_nodes": np.flatnonzero(~choice["mask"].numpy()).tolist()}
+    pool = [(e["mask"], "best-episode", e["utility"])
+            for e in result.episodes.candidates.get(name, [])]
+    pool.append((greedy["mask"], "greedy", greedy["utility"]))
+    checked = [CheckedMask(mask.clone(), source, float(utility), score, env.utility(score),
+                           len(pool))
+               for mask, source, utility in pool
+               for score in [env.tasks[task].check_score(mask)]]
+    return max(checked, key=lambda c: c.check_utility)
 
 
 @dataclass

@@ -126,7 +126,7 @@ def main() -> None:
                     "torch_threads": torch.get_num_threads(), "models": {}}
     for subject, task, signal_seconds in prepared:
         choice = best_mask(result, result.env.tasks.index(task))
-        mask = choice["mask"]
+        mask = choice.mask
         unchecked = result.episodes.candidates[task.name][0]
         start = time.perf_counter()
         greedy = feature_greedy(task, env_config)
@@ -134,8 +134,8 @@ def main() -> None:
         report["models"][task.name] = {
             "signal_seconds": round(signal_seconds, 1),
             "unpruned": test_metrics(subject, task, torch.ones(task.num_nodes, dtype=bool)),
-            "agent": {**test_metrics(subject, task, mask), "source": choice["source"],
-                      "check": choice["check"], "step_utility": choice["utility"]},
+            "agent": {**test_metrics(subject, task, mask),
+                      **{k: v for k, v in choice.to_json().items() if k != "pruned_nodes"}},
             "agent_unchecked": {**test_metrics(subject, task, unchecked["mask"]),
                                 "step_utility": unchecked["utility"]},
             "random_same_count": random_same_count(
@@ -160,7 +160,7 @@ def transfer(args, heldout, ppo: PPOConfig, config: EnvConfig) -> dict:
         env = ChannelPruningEnv(task, config)
         start = time.perf_counter()
         result = learn(env, ppo, steps, args.seed, None, init)
-        mask = best_mask(result, result.env.tasks.index(task))["mask"]
+        mask = best_mask(result, result.env.tasks.index(task)).mask
         out[name] = {**test_metrics(subject, task, mask), "steps": steps,
                      "seconds": round(time.perf_counter() - start, 1)}
     out["unpruned"] = test_metrics(subject, task, torch.ones(task.num_nodes, dtype=bool))

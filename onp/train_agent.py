@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from agents.ppo import PPOConfig, best_mask, learn, mask_json, rollout, save_policy
+from agents.ppo import PPOConfig, best_mask, learn, rollout, save_policy
 from envs.pruning_env import ChannelPruningEnv, EnvConfig
 from onp.cli import run_command
 from onp.config import config_from_dict, config_to_dict
@@ -162,7 +162,7 @@ def train_agent(config: TrainAgentConfig) -> dict[str, Any]:
         entry["pruned_nodes"] = torch.nonzero(~greedy["mask"]).flatten().tolist()
         entry.update(mask_metrics(subject, task, greedy["mask"]))
         choice = best_mask(trained, index)
-        best[subject.name] = {**mask_json(choice), **mask_metrics(subject, task, choice["mask"])}
+        best[subject.name] = {**choice.to_json(), **mask_metrics(subject, task, choice.mask)}
         results["models"][subject.name] = {"policy_mask": entry, "unpruned": mask_metrics(
             subject, task, torch.ones(task.num_nodes, dtype=torch.bool))}
     write_json(out / "best_masks.json", best)

@@ -377,8 +377,7 @@ def suspected_triggers(
 def _seed_mask(result: Any, timesteps: int, source: str) -> MaskChoice:
     """The better of the best training episodes and the greedy rollout (:func:`best_mask`)."""
     choice = best_mask(result, 0)
-    return MaskChoice(choice["mask"], f"{source}:{choice['source']}", timesteps,
-                      float(choice["check"]["utility"]))
+    return MaskChoice(choice.mask, f"{source}:{choice.source}", timesteps, choice.check_utility)
 
 
 def choose_mask(task: PruningTask, config: ApplyConfig) -> MaskChoice:

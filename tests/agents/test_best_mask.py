@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from agents.ppo import CANDIDATES, PPOConfig, best_mask, learn, mask_json
+from agents.ppo import CANDIDATES, PPOConfig, best_mask, learn
 from envs.pruning_env import ChannelPruningEnv
 from onp.data.types import ImageSet
 from onp.eval.metrics import accuracy_of, predict
@@ -70,14 +70,15 @@ def test_best_mask_takes_the_highest_utility_on_the_check_sets() -> None:
     result.episodes.candidates["tiny"] = [{"mask": worse, "utility": 1.0},
                                           {"mask": better, "utility": 0.0}]
     choice = best_mask(result, 0)
-    assert choice["candidates"] == 3
-    if choice["source"] == "best-episode":
-        assert torch.equal(choice["mask"], better) and choice["check"]["utility"] == high
-    assert choice["check"]["utility"] >= high > low
-    assert choice["check"]["utility"] == env.utility(task.check_score(choice["mask"]))
-    listed = mask_json(choice)
-    assert "mask" not in listed
-    assert listed["pruned_nodes"] == torch.nonzero(~choice["mask"]).flatten().tolist()
+    assert choice.candidates == 3
+    if choice.source == "best-episode":
+        assert torch.equal(choice.mask, better) and choice.check_utility == high
+        assert choice.step_utility == 0.0
+    assert choice.check_utility >= high > low
+    assert choice.check == task.check_score(choice.mask)
+    listed = choice.to_json()
+    assert listed["check"]["utility"] == choice.check_utility
+    assert listed["pruned_nodes"] == torch.nonzero(~choice.mask).flatten().tolist()
 
 
 def test_without_check_sets_the_best_episode_by_the_step_batches_wins() -> None:
@@ -85,6 +86,6 @@ def test_without_check_sets_the_best_episode_by_the_step_batches_wins() -> None:
     result = learn(env, SMALL_PPO, 96, seed=0)
     choice = best_mask(result, 0)
     top = result.episodes.candidates["tiny"][0]
-    if choice["source"] == "best-episode":
-        assert torch.equal(choice["mask"], top["mask"])
-    assert choice["check"]["utility"] >= top["utility"]
+    if choice.source == "best-episode":
+        assert torch.equal(choice.mask, top["mask"])
+    assert choice.check_utility >= top["utility"] and choice.check_utility == choice.step_utility
