@@ -218,7 +218,6 @@ class EpisodeLogger(BaseCallback):
             self._bar = None
 
 
-
 @dataclass(frozen=True)
 class CheckedMask:
     """The mask :func:`best_mask` picks, with its readings (fractions in ``[0, 1]``).
