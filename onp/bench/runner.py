@@ -187,12 +187,16 @@ def run_cell(
     return cell
 
 
-def _reference_cell(attack: str, seed: int, before: BackdoorMetrics) -> CellResult:
+def _reference_cell(
+    attack: str, seed: int, clean_accuracy: float | None, attack_success_rate: float | None,
+    robust_accuracy: float | None, model_cached: bool,
+) -> CellResult:
+    """The ``"none"`` row: the infected model itself."""
     return CellResult(
-        attack, seed, NO_DEFENSE, OK, clean_accuracy=before.clean_accuracy,
-        attack_success_rate=before.attack_success_rate, robust_accuracy=before.robust_accuracy,
-        der=0.5, ca_before=before.clean_accuracy, asr_before=before.attack_success_rate,
-        wall_time_s=0.0,
+        attack, seed, NO_DEFENSE, OK, clean_accuracy=clean_accuracy,
+        attack_success_rate=attack_success_rate, robust_accuracy=robust_accuracy,
+        der=0.5, ca_before=clean_accuracy, asr_before=attack_success_rate,
+        wall_time_s=0.0, model_cached=model_cached,
     )
 
 
@@ -239,11 +243,8 @@ def collect_cells(config: SuiteConfig) -> list[CellResult]:
                                                 error=f"collect only: {_unusable(path)}"))
             done = [c for c in row if c.status == OK]
             if done:
-                cells.append(CellResult(
-                    attack, seed, NO_DEFENSE, OK, clean_accuracy=done[0].ca_before,
-                    attack_success_rate=done[0].asr_before, der=0.5,
-                    ca_before=done[0].ca_before, asr_before=done[0].asr_before,
-                    wall_time_s=0.0, model_cached=True))
+                cells.append(_reference_cell(attack, seed, done[0].ca_before,
+                                             done[0].asr_before, None, True))
             cells += row
     return cells
 
@@ -274,8 +275,8 @@ def run_suite(config: SuiteConfig) -> list[CellResult]:
                       for name in config.defenses]
             bar.update(len(config.defenses))
             continue
-        cells.append(_reference_cell(attack, seed, before))
-        cells[-1].model_cached = cached
+        cells.append(_reference_cell(attack, seed, before.clean_accuracy,
+                                     before.attack_success_rate, before.robust_accuracy, cached))
         for name in config.defenses:
             path = cell_path(out, attack, seed, name)
             cell = _cached_cell(config, path, name, cached) or run_cell(
