@@ -247,7 +247,9 @@ class CheckedMask:
                 "pruned_nodes": np.flatnonzero(~self.mask.numpy()).tolist()}
 
 
-def best_mask(result: LearnResult, task: int) -> CheckedMask:
+def best_mask(
+    result: LearnResult, task: int, greedy: dict[str, Any] | None = None
+) -> CheckedMask:
     """The seed mask of ``task``: the best of the kept episodes and the greedy rollout.
 
     Each candidate is read again on the task's check sets (more clean defense images and the
@@ -255,16 +257,23 @@ def best_mask(result: LearnResult, task: int) -> CheckedMask:
     utility there wins (the first of equals, so the best episode before the rollout). The
     episodes were kept for their utility on the small step batches, so that reading is biased
     upwards for the very masks it picked; the check is not.
+
+    Args:
+        result: The training run.
+        task: Index of the task in ``result.env``.
+        greedy: The policy's :func:`rollout` on ``task``, if the caller has it already.
     """
     env, name = result.env, result.env.tasks[task].name
-    greedy = rollout(result.agent, env, task)
+    if greedy is None:
+        greedy = rollout(result.agent, env, task)
     pool = [(e["mask"], "best-episode", e["utility"])
             for e in result.episodes.candidates.get(name, [])]
     pool.append((greedy["mask"], "greedy", greedy["utility"]))
-    checked = [CheckedMask(mask.clone(), source, float(utility), score, env.utility(score),
-                           len(pool))
-               for mask, source, utility in pool
-               for score in [env.tasks[task].check_score(mask)]]
+    checked = []
+    for mask, source, utility in pool:
+        score = env.tasks[task].check_score(mask)
+        checked.append(CheckedMask(mask.clone(), source, float(utility), score,
+                                   env.utility(score), len(pool)))
     return max(checked, key=lambda c: c.check_utility)
 
 

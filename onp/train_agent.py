@@ -161,7 +161,7 @@ def train_agent(config: TrainAgentConfig) -> dict[str, Any]:
         entry = {k: greedy[k] for k in ("clean_accuracy", "proxy_asr", "pruned", "utility")}
         entry["pruned_nodes"] = torch.nonzero(~greedy["mask"]).flatten().tolist()
         entry.update(mask_metrics(subject, task, greedy["mask"]))
-        choice = best_mask(trained, index)
+        choice = best_mask(trained, index, greedy)
         best[subject.name] = {**choice.to_json(), **mask_metrics(subject, task, choice.mask)}
         results["models"][subject.name] = {"policy_mask": entry, "unpruned": mask_metrics(
             subject, task, torch.ones(task.num_nodes, dtype=torch.bool))}
