@@ -160,6 +160,8 @@ class ApplyConfig:
         "share of fitting images also trained on with a suspected trigger, true label (0: off)"))
     distill_weight: float = field(default=DEFAULT_DISTILL_WEIGHT, metadata=_help(
         "weight of distillation from B on clean fitting images (0: off)"))
+    recalibrate_bn: bool = field(default=False, metadata=_help(
+        "re-estimate BatchNorm statistics on the clean fitting images after each round"))
     perturbation_eps: float = field(default=PERTURBATION_EPS, metadata=_help(
         "bound of the suspected universal perturbation (0: patch trigger only)"))
     warp_shift: float = field(default=WARP_MAX_SHIFT, metadata=_help(
@@ -207,7 +209,7 @@ class ApplyConfig:
             protect_rounds=self.protect_rounds, lr=self.lr, lr_schedule=self.lr_schedule,
             optimizer=self.optimizer, batch_size=self.batch_size, augment=self.augment,
             asr_weight=self.asr_weight, unlearn_fraction=self.unlearn_fraction,
-            distill_weight=self.distill_weight)
+            distill_weight=self.distill_weight, recalibrate_bn=self.recalibrate_bn)
 
 
 @dataclass

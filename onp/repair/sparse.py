@@ -133,6 +133,10 @@ class SparseConfig:
             fitting images (the stamped copies keep plain cross-entropy), which keeps B's
             clean behaviour; ``0`` turns it off.
         distill_temperature: Its temperature.
+        recalibrate_bn: After each round's training, re-estimate the BatchNorm statistics of
+            the live channels on the clean fitting images alone (``update_bn`` of
+            :mod:`torch.optim.swa_utils`): training mixes the stamped copies into them, and
+            B' is read on clean images.
     """
 
     sparsity: float = DEFAULT_SPARSITY
@@ -153,6 +157,7 @@ class SparseConfig:
     unlearn_fraction: float = DEFAULT_UNLEARN_FRACTION
     distill_weight: float = DEFAULT_DISTILL_WEIGHT
     distill_temperature: float = 2.0
+    recalibrate_bn: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -347,6 +352,21 @@ def _restore_pruned_statistics(
                 bn.running_var[~keep] = saved[name]["var"][~keep].to(bn.running_var.device)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int) -> None:
+    """Re-estimate ``model``'s BatchNorm running statistics as plain averages over ``images``.
+
+    Leaves ``model`` in eval mode. Pruned channels' statistics are reset too: put them back with
+    :func:`_restore_pruned_statistics`.
+
+    Shapes:
+        images: ``[N, C, H, W]``.
+    """
+    device = next(model.parameters()).device
+    torch.optim.swa_utils.update_bn(images.split(batch_size), model, device=device)
+    model.eval()
+
+
 def prune_and_regrow(
     model: nn.Module,
     groups: ChannelGroups,
@@ -415,6 +435,8 @@ def prune_and_regrow(
             loss = train_classifier(work, images, labels, settings, seed=seed + index,
                                     augment_mask=augmentable, teacher=teacher,
                                     description=f"round {index + 1}")[0]
+            if config.recalibrate_bn:
+                recalibrate_batchnorm(work, fit.images, config.batch_size)
             _restore_pruned_statistics(work, groups, mask, statistics)
             scored_with = probe
             if stamp is not None and config.unlearn_fraction > 0:

@@ -156,6 +156,25 @@ def test_pruned_batchnorm_statistics_are_frozen_in_a_resnet() -> None:
     assert not torch.allclose(bn.running_var[keep], fresh.running_var[keep])
 
 
+def test_recalibration_sets_batchnorm_statistics_to_the_clean_fitting_images() -> None:
+    config = SparseConfig(sparsity=0.5, rounds=1, batch_size=32, coupled=False,
+                          recalibrate_bn=True)
+    model, groups, result = _run("resnet", {"width": 4, "depth": 8}, config)
+    repaired = dict(result.model.named_modules())
+    seen = []
+    hook = repaired["net.conv1"].register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        result.model(_toy(96, 1).images)  # the fitting images of _run
+    hook.remove()
+    stem = repaired["net.bn1"]  # a coupled group's BatchNorm: never pruned here
+    torch.testing.assert_close(stem.running_mean, seen[0].mean(dim=(0, 2, 3)))
+    inner = repaired["net.layer1.0.bn1"]  # pruned channels keep B's statistics
+    group = next(g for g in groups.groups if "net.layer1.0.bn1" in g.mask_points)
+    keep = groups.split(result.mask)[group.index]
+    fresh = dict(model.named_modules())["net.layer1.0.bn1"]
+    torch.testing.assert_close(inner.running_var[~keep], fresh.running_var[~keep])
+
+
 def test_compact_copy_is_smaller_and_computes_the_same(tmp_path) -> None:
     model, groups = _model("resnet", {"width": 4, "depth": 8})
     model.eval()
