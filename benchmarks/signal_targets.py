@@ -4,6 +4,9 @@ For each bundle the defense set is split as ``onp.apply`` splits it (``--seed``,
 after a colon: ``runs/bench-fmnist/models/sig-s1/model:1``), the fitting part is unlearned
 (:func:`~onp.signal.target.identify_target`) and the named class is printed next to the attack's
 true target, which only this table reads. The histogram history goes to ``--out`` as JSON.
+With ``--reach``, the candidates' reach (:mod:`onp.signal.candidates`: the share of held-in
+images that small universal triggers towards each candidate send there) and the arbitrated
+target are added.
 
     python benchmarks/signal_targets.py runs/bench-fmnist/models/sig-s1/model:1 --out T.json
 """
@@ -18,10 +21,12 @@ import torch
 
 from onp.io import write_json
 from onp.signal import SignalConfig, identify_target
+from onp.signal.candidates import arbitrate_target
 from onp.signal.probe import split_defense
 from onp.subjects import load_subject
 
-COLUMNS = ("model", "seed", "true target", "named", "rule", "step", "clean accuracy then")
+COLUMNS = ("model", "seed", "true target", "named", "rule", "step", "clean accuracy then",
+           "reach (perturbation/warp, %)", "arbitrated")
 
 
 def main() -> None:
@@ -31,6 +36,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--seed", type=int, default=0, help="seed where a model names none")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the histories")
+    parser.add_argument("--reach", action="store_true", help="add the candidates' reach")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     config = SignalConfig()
@@ -43,14 +49,24 @@ def main() -> None:
         if subject.test_poisoned is None:
             raise SystemExit(f"{path}: the bundle records no attack, so its target is unknown")
         true = sorted({int(t) for t in torch.unique(subject.test_poisoned.target_labels)})
-        fit, _ = split_defense(subject.defense, config.held_in_fraction, seed)
+        fit, held_in = split_defense(subject.defense, config.held_in_fraction, seed)
         estimate = identify_target(subject.model, fit, config, seed)
         decided = next(c for c in estimate.history if c.step == estimate.decided_at)
         name = Path(path).parent.name if Path(path).name == "model" else Path(path).name
+        record = {"model": path, "seed": seed, "true_targets": true,
+                  "estimate": estimate.to_json()}
+        reach_text, arbitrated = "—", "—"
+        if args.reach:
+            arbitrated, reaches = arbitrate_target(subject.model, fit, held_in, estimate, config,
+                                                   seed)
+            reach_text = ", ".join(f"{r.target}: {100 * r.perturbation:.1f}/{100 * r.warp:.1f}"
+                                   for r in reaches)
+            record["reach"] = [vars(r) for r in reaches]
+            record["arbitrated"] = arbitrated
         print(f"| {name} | {seed} | {true} | {list(estimate.targets)} | {estimate.stop_reason} "
-              f"| {estimate.decided_at} | {100 * decided.accuracy:.1f} |", flush=True)
-        records.append({"model": path, "seed": seed, "true_targets": true,
-                        "estimate": estimate.to_json()})
+              f"| {estimate.decided_at} | {100 * decided.accuracy:.1f} | {reach_text} "
+              f"| {arbitrated} |", flush=True)
+        records.append(record)
     if args.out is not None:
         write_json(args.out, records)
 

@@ -107,6 +107,8 @@ class SignalConfig:
         success_threshold: Batch success rate at which the mask penalty is raised.
         probe_size: Largest number of probe images.
         held_in_fraction: Share of the defense set kept out of trigger fitting, in ``(0, 1)``.
+        arbitrate: Let small universal triggers choose among the unlearning's candidate targets
+            (:mod:`onp.signal.candidates`).
     """
 
     unlearn_lr: float = field(default=UNLEARN_LR, metadata={"help": "unlearning SGD lr"})
@@ -145,6 +147,9 @@ class SignalConfig:
     probe_size: int = field(default=PROBE_SIZE, metadata={"help": "largest probe"})
     held_in_fraction: float = field(
         default=HELD_IN_FRACTION, metadata={"help": "defense share kept for the probe"}
+    )
+    arbitrate: bool = field(
+        default=True, metadata={"help": "reach test among the candidate targets"}
     )
 
     def __post_init__(self) -> None:

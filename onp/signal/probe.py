@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from onp.config import config_to_dict
 from onp.data.types import ImageSet
 from onp.errors import ONPInputError
 from onp.eval.metrics import DEFAULT_EVAL_BATCH, attack_success_rate, predict
+from onp.signal.candidates import CandidateReach, arbitrate_target
 from onp.signal.config import SignalConfig
 from onp.signal.target import TargetEstimate, check_defense, check_outputs, identify_target
 from onp.signal.trigger import SynthesizedTrigger, synthesize_trigger
@@ -256,6 +257,8 @@ class SignalResult:
         seconds: Wall time of :func:`estimate_probe`.
         config: The settings used.
         seed: The seed used.
+        reaches: The reach test of each candidate target (empty when not arbitrated); the
+            estimate's first target is then the winner.
     """
 
     estimate: TargetEstimate
@@ -265,6 +268,7 @@ class SignalResult:
     seconds: float
     config: SignalConfig
     seed: int
+    reaches: tuple[CandidateReach, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready report (the probe's images and the trigger's arrays left out)."""
@@ -272,7 +276,7 @@ class SignalResult:
             "target": self.estimate.to_json(), "trigger": self.trigger.describe(),
             "probe": self.probe.describe(), "initial_proxy_asr": round(self.initial_proxy_asr, 4),
             "seconds": round(self.seconds, 1), "config": config_to_dict(self.config),
-            "seed": self.seed,
+            "seed": self.seed, "reaches": [asdict(r) for r in self.reaches],
         }
 
 
@@ -329,6 +333,15 @@ def estimate_probe(
     check_defense(fit, "estimate_probe (fitting part; lower held_in_fraction)")
     check_defense(held_in, "estimate_probe (held-in part; raise held_in_fraction)")
     estimate = identify_target(model, fit, config, seed)
+    reaches: tuple[CandidateReach, ...] = ()
+    if config.arbitrate:
+        target, found = arbitrate_target(model, fit, held_in, estimate, config, seed)
+        reaches = tuple(found)
+        if target != estimate.target:
+            log.warning("signal: the reach test names class %d, unlearning named %d",
+                        target, estimate.target)
+            estimate = replace(estimate, targets=(target, *(
+                c for c in estimate.targets if c != target)))
     if len(estimate.targets) > 1:
         log.warning("signal: several classes dominate %s; probing only %d",
                     list(estimate.targets), estimate.target)
@@ -349,4 +362,4 @@ def estimate_probe(
     seconds = time.perf_counter() - start
     log.info("signal: target %d, probe of %d images, proxy ASR %.3f, %.0f s",
              estimate.target, len(probe), initial, seconds)
-    return SignalResult(estimate, trigger, probe, initial, seconds, config, seed)
+    return SignalResult(estimate, trigger, probe, initial, seconds, config, seed, reaches)
