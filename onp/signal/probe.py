@@ -340,8 +340,7 @@ def estimate_probe(
         if target != estimate.target:
             log.warning("signal: the reach test names class %d, unlearning named %d",
                         target, estimate.target)
-            estimate = replace(estimate, targets=(target, *(
-                c for c in estimate.targets if c != target)))
+            estimate = replace(estimate, targets=(target,))
     if len(estimate.targets) > 1:
         log.warning("signal: several classes dominate %s; probing only %d",
                     list(estimate.targets), estimate.target)
