@@ -2,8 +2,8 @@
 
 For every model bundle (default: each ``runs/bench-attacks/<attack>/model`` that exists), the
 trigger-free probe is estimated once; then the apply pipeline runs twice with the same recipe
-(defaults of :class:`~onp.repair.pipeline.ApplyConfig`, sparsity X = 20% unless ``--config``
-changes it):
+(defaults of :class:`~onp.repair.pipeline.ApplyConfig`, i.e. ``configs/apply.yaml``'s sparsity X,
+unless ``--config`` changes them):
 
 - ``agent``: seeded by the GNN agent's mask (trained on the spot, as ``onp.apply`` does);
 - ``random``: seeded by a random mask pruning as many channels as the agent's did.

@@ -51,7 +51,6 @@ def main() -> None:
         true = sorted({int(t) for t in torch.unique(subject.test_poisoned.target_labels)})
         fit, held_in = split_defense(subject.defense, config.held_in_fraction, seed)
         estimate = identify_target(subject.model, fit, config, seed)
-        decided = next(c for c in estimate.history if c.step == estimate.decided_at)
         name = Path(path).parent.name if Path(path).name == "model" else Path(path).name
         record = {"model": path, "seed": seed, "true_targets": true,
                   "estimate": estimate.to_json()}
@@ -64,7 +63,7 @@ def main() -> None:
             record["reach"] = [vars(r) for r in reaches]
             record["arbitrated"] = arbitrated
         print(f"| {name} | {seed} | {true} | {list(estimate.targets)} | {estimate.stop_reason} "
-              f"| {estimate.decided_at} | {100 * decided.accuracy:.1f} | {reach_text} "
+              f"| {estimate.decided_at} | {100 * estimate.decided.accuracy:.1f} | {reach_text} "
               f"| {arbitrated} |", flush=True)
         records.append(record)
     if args.out is not None:

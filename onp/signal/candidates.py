@@ -77,16 +77,15 @@ def contested(estimate: TargetEstimate, config: SignalConfig) -> str | None:
     """Why the unlearning's verdict is contested (see the module docstring), else ``None``."""
     if estimate.stop_reason != "vanished" and first_vanished(estimate, config):
         return "a class vanished before the decision"
-    decided = next(c for c in estimate.history if c.step == estimate.decided_at)
-    if decided.accuracy <= 1.0 / len(decided.counts) + config.accuracy_floor:
+    if estimate.decided.at_floor(config.accuracy_floor):
         return "decided at the accuracy floor"
     return None
 
 
 def candidate_targets(estimate: TargetEstimate, config: SignalConfig) -> tuple[int, ...]:
     """The named target, the runner-up at the deciding checkpoint, and :func:`first_vanished`."""
-    decided = next(c for c in estimate.history if c.step == estimate.decided_at)
-    order = sorted(range(len(decided.shares)), key=lambda c: -decided.shares[c])
+    shares = estimate.decided.shares
+    order = sorted(range(len(shares)), key=lambda c: -shares[c])
     named = [estimate.target, *[c for c in order if c != estimate.target][:1]]
     named += first_vanished(estimate, config)
     return tuple(dict.fromkeys(named))

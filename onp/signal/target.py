@@ -72,6 +72,10 @@ class UnlearnCheckpoint:
         """Whether one class reached ``threshold`` and leads the next by ``margin``."""
         return max(self.shares) >= threshold and self.margin >= margin
 
+    def at_floor(self, accuracy_floor: float) -> bool:
+        """Whether clean accuracy is within ``accuracy_floor`` of chance (``1/K``)."""
+        return self.accuracy <= 1.0 / len(self.counts) + accuracy_floor
+
     def vanished(self, initial: UnlearnCheckpoint, fraction: float) -> tuple[int, ...]:
         """Classes predicted at most ``fraction`` as often as at ``initial``, fewest first.
 
@@ -121,6 +125,11 @@ class TargetEstimate:
     def target(self) -> int:
         """The most suspected target class."""
         return self.targets[0]
+
+    @property
+    def decided(self) -> UnlearnCheckpoint:
+        """The checkpoint that decided (step :attr:`decided_at`)."""
+        return next(c for c in self.history if c.step == self.decided_at)
 
     def to_json(self) -> dict[str, Any]:
         """The estimate as plain JSON values, the histogram history included."""
@@ -210,7 +219,7 @@ def _stop_reason(history: list[UnlearnCheckpoint], config: SignalConfig) -> str 
         latest.vanished(history[0], config.vanish_fraction)
     ):
         return "vanished"
-    if len(history) > 1 and latest.accuracy <= 1.0 / len(latest.counts) + config.accuracy_floor:
+    if len(history) > 1 and latest.at_floor(config.accuracy_floor):
         return "accuracy-floor"
     return None
 
