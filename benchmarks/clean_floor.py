@@ -1,0 +1,79 @@
+"""The attack success rate a never-poisoned model shows: the floor an ASR bar sits on.
+
+A model trained on clean data only (``python -m onp.attack --attack none``) still sends some
+triggered images to the target class: classes that look like the target (on Fashion-MNIST,
+shirts and pullovers next to T-shirts), and images the trigger covers. This script reads, for
+each infected bundle, its held-out poisoned test set (the one every table's ASR is read on) and
+prints the ASR of the reference models on it, with the true classes the target predictions come
+from. Test data only measures here; nothing is chosen.
+
+    python benchmarks/clean_floor.py --models runs/clean/s0/model \
+        --infected runs/bench-fmnist-a/models/badnets-s0/model --out runs/clean/floor.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from onp.eval.metrics import attack_success_rate, predict
+from onp.io import write_json
+from onp.models.loading import load_model
+from onp.subjects import load_subject
+
+TOP_SOURCES = 3  # true classes listed per cell, by how many of their images reach the target
+
+
+def floor_of(reference: torch.nn.Module, infected: str, dataset: str) -> dict:
+    """ASR of ``reference`` on ``infected``'s held-out poisoned test set, and its sources."""
+    subject = load_subject(infected, dataset)
+    if subject.test_poisoned is None:
+        raise SystemExit(f"{infected}: the bundle records no attack, so there is no trigger")
+    poisoned = subject.test_poisoned
+    predictions = predict(reference, poisoned.images)
+    eligible = poisoned.true_labels != poisoned.target_labels
+    hits = (predictions == poisoned.target_labels) & eligible
+    classes = int(poisoned.true_labels.max()) + 1
+    sources = torch.bincount(poisoned.true_labels[hits], minlength=classes)
+    top = torch.argsort(sources, descending=True)[:TOP_SOURCES]
+    return {
+        "infected": infected,
+        "targets": sorted({int(t) for t in torch.unique(poisoned.target_labels)}),
+        "eligible": int(eligible.sum()),
+        "asr": 100 * attack_success_rate(predictions, poisoned.true_labels,
+                                         poisoned.target_labels),
+        "sources": {int(c): int(sources[c]) for c in top if int(sources[c]) > 0},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", required=True,
+                        help="model bundles to read: clean references (or a repaired B')")
+    parser.add_argument("--infected", nargs="+", required=True,
+                        help="infected bundles whose poisoned test sets are read")
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the table")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print("| model | infected | target | ASR (%) | target hits by true class |\n"
+          "|---|---|---|---|---|")
+    rows = []
+    for reference_path in args.models:
+        reference = load_model(reference_path).eval()
+        for infected in args.infected:
+            row = {"reference": reference_path, **floor_of(reference, infected, args.dataset)}
+            rows.append(row)
+            sources = ", ".join(f"{c}: {n}" for c, n in row["sources"].items())
+            print(f"| {reference_path} | {infected} | {row['targets']} | {row['asr']:.2f} | "
+                  f"{sources} |", flush=True)
+    if args.out is not None:
+        write_json(args.out, {"rows": rows})
+
+
+if __name__ == "__main__":
+    main()
