@@ -6,7 +6,8 @@ after a colon: ``runs/bench-fmnist/models/sig-s1/model:1``), the fitting part is
 true target, which only this table reads. The histogram history goes to ``--out`` as JSON.
 With ``--reach``, the candidates' reach (:mod:`onp.signal.candidates`: the share of held-in
 images that small universal triggers towards each candidate send there) and the arbitrated
-target are added.
+target are added; ``--reach-all`` measures the candidates of uncontested verdicts too (the
+arbitration still leaves those verdicts as they are).
 
     python benchmarks/signal_targets.py runs/bench-fmnist/models/sig-s1/model:1 --out T.json
 """
@@ -37,6 +38,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed where a model names none")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the histories")
     parser.add_argument("--reach", action="store_true", help="add the candidates' reach")
+    parser.add_argument("--reach-all", action="store_true",
+                        help="with --reach: measure the candidates of uncontested verdicts too")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     config = SignalConfig()
@@ -57,7 +60,7 @@ def main() -> None:
         reach_text, arbitrated = "—", "—"
         if args.reach:
             arbitrated, reaches = arbitrate_target(subject.model, fit, held_in, estimate, config,
-                                                   seed)
+                                                   seed, measure_uncontested=args.reach_all)
             reach_text = ", ".join(f"{r.target}: {100 * r.perturbation:.1f}/{100 * r.warp:.1f}"
                                    for r in reaches)
             record["reach"] = [vars(r) for r in reaches]

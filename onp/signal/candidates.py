@@ -111,22 +111,28 @@ def reach_of(
 
 def arbitrate_target(
     model: nn.Module, fit: ImageSet, held_in: ImageSet, estimate: TargetEstimate,
-    config: SignalConfig, seed: int = 0,
+    config: SignalConfig, seed: int = 0, measure_uncontested: bool = False,
 ) -> tuple[int, list[CandidateReach]]:
     """The unlearning's target, or, if :func:`contested`, the candidate
     (:func:`candidate_targets`) that small universal triggers reach most often.
 
     Ties go to the earlier candidate, so the unlearning's own answer wins a tie.
 
+    Args:
+        measure_uncontested: Fit the candidates of an uncontested verdict too, for the record
+            (``benchmarks/signal_targets.py --reach-all``); the verdict still stands.
+
     Returns:
         ``(target, reaches)``, one reach per candidate in candidate order (none when the
-        verdict is not contested).
+        verdict is not contested and ``measure_uncontested`` is off).
     """
     reason = contested(estimate, config)
-    if reason is None:
+    if reason is None and not measure_uncontested:
         return estimate.target, []
-    log.info("signal/arbitration: %s", reason)
     reaches = [reach_of(model, fit, held_in, c, seed) for c in candidate_targets(estimate, config)]
+    if reason is None:
+        return estimate.target, reaches
+    log.info("signal/arbitration: %s", reason)
     best = max(reaches, key=lambda r: r.reach)  # max keeps the first of equals
     log.info("signal/arbitration: %s -> %d",
              ", ".join(f"{r.target}: {r.perturbation:.2f}/{r.warp:.2f}" for r in reaches),

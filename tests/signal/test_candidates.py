@@ -83,3 +83,21 @@ def test_the_backdoor_class_is_reached_and_wins_over_the_named_decoy():
     target, reaches = arbitrate_target(model, fit, held_in, estimate, config)
     assert target == 1
     assert [r.target for r in reaches] == [2, 1]
+
+
+def test_an_uncontested_verdict_is_measured_on_request_and_still_stands():
+    model, fit, held_in = _warp_backdoored_model(), _images(64), _images(32)
+    config = SignalConfig()
+    # The decoy (class 2) is named at a healthy accuracy, nothing vanished: uncontested. Asked
+    # to measure anyway, the reach test reads both candidates, and the backdoor class reaches
+    # further, but the verdict is not overturned.
+    history = [_counted(0, (64, 0, 0), (1.0, 0.0, 0.0)),
+               _counted(2, (10, 14, 40), (0.16, 0.22, 0.62), accuracy=0.7)]
+    estimate = _estimate(history, "dominance", 2, config)
+    assert contested(estimate, config) is None
+    target, reaches = arbitrate_target(model, fit, held_in, estimate, config,
+                                       measure_uncontested=True)
+    assert target == 2
+    assert [r.target for r in reaches] == [2, 1]
+    assert reaches[1].reach > reaches[0].reach
+
