@@ -67,14 +67,19 @@ def _warp_backdoored_model() -> nn.Module:
     return nn.Sequential(nn.Flatten(), linear)
 
 
+def _decoy_named(accuracy: float, config: SignalConfig):
+    """Unlearning names the decoy (class 2), with the backdoor class as runner-up, at the
+    deciding checkpoint's clean ``accuracy``."""
+    history = [_counted(0, (64, 0, 0), (1.0, 0.0, 0.0)),
+               _counted(2, (10, 14, 40), (0.16, 0.22, 0.62), accuracy=accuracy)]
+    return _estimate(history, "dominance", 2, config)
+
+
 def test_the_backdoor_class_is_reached_and_wins_over_the_named_decoy():
     model, fit, held_in = _warp_backdoored_model(), _images(64), _images(32)
     config = SignalConfig()
-    # Unlearning named the decoy (class 2), with the backdoor class as runner-up, at a clean
-    # accuracy below the floor (1/3 + 0.1): a contested verdict.
-    history = [_counted(0, (64, 0, 0), (1.0, 0.0, 0.0)),
-               _counted(2, (10, 14, 40), (0.16, 0.22, 0.62), accuracy=0.15)]
-    estimate = _estimate(history, "dominance", 2, config)
+    # Named at a clean accuracy below the floor (1/3 + 0.1): a contested verdict.
+    estimate = _decoy_named(0.15, config)
     assert estimate.target == 2
     backdoor = reach_of(model, fit, held_in, 1, steps=60)
     decoy = reach_of(model, fit, held_in, 2, steps=60)
@@ -88,12 +93,10 @@ def test_the_backdoor_class_is_reached_and_wins_over_the_named_decoy():
 def test_an_uncontested_verdict_is_measured_on_request_and_still_stands():
     model, fit, held_in = _warp_backdoored_model(), _images(64), _images(32)
     config = SignalConfig()
-    # The decoy (class 2) is named at a healthy accuracy, nothing vanished: uncontested. Asked
-    # to measure anyway, the reach test reads both candidates, and the backdoor class reaches
-    # further, but the verdict is not overturned.
-    history = [_counted(0, (64, 0, 0), (1.0, 0.0, 0.0)),
-               _counted(2, (10, 14, 40), (0.16, 0.22, 0.62), accuracy=0.7)]
-    estimate = _estimate(history, "dominance", 2, config)
+    # The decoy is named at a healthy accuracy, nothing vanished: uncontested. Asked to measure
+    # anyway, the reach test reads both candidates, and the backdoor class reaches further, but
+    # the verdict is not overturned.
+    estimate = _decoy_named(0.7, config)
     assert contested(estimate, config) is None
     target, reaches = arbitrate_target(model, fit, held_in, estimate, config,
                                        measure_uncontested=True)
