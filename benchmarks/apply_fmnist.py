@@ -6,10 +6,14 @@ trigger-free probe is estimated once; then the apply pipeline runs twice with th
 unless ``--config`` changes them):
 
 - ``agent``: seeded by the GNN agent's mask (trained on the spot, as ``onp.apply`` does);
-- ``random``: seeded by a random mask pruning as many channels as the agent's did.
+- ``random``: seeded by a random mask pruning as many channels as the agent's did;
+- ``random X`` (``--random-fraction X``, default 0.3; 0 skips it): the issue's comparison, the
+  sparse fine-pruning recipe at sparsity X started from a random mask of X of the channel nodes.
+  That mask shapes round 0 only (``protect_rounds`` 1): protected in every round, it would fill
+  each group's whole quota and nothing could ever regrow.
 
 Every choice is made on defense data; the held-out test sets only fill the table. Writes
-``<out>/<model>/{agent,random}/`` (apply's outputs), ``<out>/apply_fmnist.json`` and
+``<out>/<model>/{agent,random,random-X}/`` (apply's outputs), ``<out>/apply_fmnist.json`` and
 ``<out>/apply_fmnist.md``.
 
     python benchmarks/apply_fmnist.py --out runs/bench-apply
@@ -83,6 +87,8 @@ def main() -> None:
     parser.add_argument("--config", type=json.loads, default={},
                         help="JSON ApplyConfig overrides for both runs, e.g. '{\"rounds\": 5}'")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--random-fraction", type=float, default=0.3,
+                        help="sparsity and seed-mask share of the 'random X' arm (0: skip it)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-apply"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -104,10 +110,19 @@ def main() -> None:
         rows += [row(name, "agent", agent, signal_seconds), row(name, "random", rand, 0.0)]
         records[name] = {"signal_seconds": round(signal_seconds, 1), "agent": agent,
                          "random": rand}
+        if args.random_fraction > 0:
+            arm = f"random {args.random_fraction:g}"
+            mask = random_mask(groups, round(args.random_fraction * groups.num_nodes), args.seed)
+            config = replace(base, out=str(args.out / name / arm.replace(" ", "-")),
+                             sparsity=args.random_fraction, protect_rounds=1)
+            records[name][arm] = run_apply(config, mask, (inputs, stage))
+            rows.append(row(name, arm, records[name][arm], 0.0))
     write_json(args.out / "apply_fmnist.json", {"rows": rows, "reports": records,
                                                 "torch_threads": torch.get_num_threads()})
     note = (f"onp.apply on Fashion-MNIST (held-out test data, %; seeds: the agent's mask vs a "
-            f"random mask of as many channels; overrides {args.config or 'none'}; seconds = "
+            f"random mask of as many channels, and 'random X': a random mask of X of the "
+            f"channels at sparsity X, regrowing after round 0; overrides "
+            f"{args.config or 'none'}; seconds = "
             f"wall time incl. the signal, {torch.get_num_threads()} torch threads).")
     with atomic_path(args.out / "apply_fmnist.md") as tmp:
         tmp.write_text(markdown(rows, note))
