@@ -5,7 +5,10 @@ triggered images to the target class: classes that look like the target (on Fash
 shirts and pullovers next to T-shirts), and images the trigger covers. This script reads, for
 each infected bundle, its held-out poisoned test set (the one every table's ASR is read on) and
 prints the ASR of the reference models on it, with the true classes the target predictions come
-from. Test data only measures here; nothing is chosen.
+from, and the *untriggered target rate*: the share of the held-out clean test images of other
+classes that the model sends to the (single) target without any trigger. A model's ASR minus
+its untriggered rate is what the trigger itself adds. Any model can be read this way, a
+repaired B' as well as a clean reference. Test data only measures here; nothing is chosen.
 
     python benchmarks/clean_floor.py --models runs/clean/s0/model \
         --infected runs/bench-fmnist-a/models/badnets-s0/model --out runs/clean/floor.json
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from onp.data.types import ImageSet
 from onp.eval.metrics import attack_success_rate, predict
 from onp.io import write_json
 from onp.models.loading import load_model
@@ -46,7 +50,21 @@ def floor_of(reference: torch.nn.Module, infected: str, dataset: str) -> dict:
         "asr": 100 * attack_success_rate(predictions, poisoned.true_labels,
                                          poisoned.target_labels),
         "sources": {int(c): int(sources[c]) for c in top if int(sources[c]) > 0},
+        "untriggered": untriggered_rate(reference, subject.test_clean, poisoned.target_labels),
     }
+
+
+def untriggered_rate(
+    model: torch.nn.Module, clean: ImageSet, targets: torch.Tensor
+) -> float | None:
+    """Percent of ``clean``'s images of other classes that ``model`` calls the target, or
+    ``None`` when the attack has several targets."""
+    unique = torch.unique(targets)
+    if len(unique) != 1:
+        return None
+    target = int(unique[0])
+    others = clean.labels != target
+    return 100 * float((predict(model, clean.images[others]) == target).float().mean())
 
 
 def main() -> None:
@@ -60,8 +78,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the table")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    print("| model | infected | target | ASR (%) | target hits by true class |\n"
-          "|---|---|---|---|---|")
+    print("| model | infected | target | ASR (%) | untriggered target rate (%) | "
+          "target hits by true class |\n|---|---|---|---|---|---|")
     rows = []
     for reference_path in args.models:
         reference = load_model(reference_path).eval()
@@ -69,8 +87,9 @@ def main() -> None:
             row = {"reference": reference_path, **floor_of(reference, infected, args.dataset)}
             rows.append(row)
             sources = ", ".join(f"{c}: {n}" for c, n in row["sources"].items())
+            untriggered = "—" if row["untriggered"] is None else f"{row['untriggered']:.2f}"
             print(f"| {reference_path} | {infected} | {row['targets']} | {row['asr']:.2f} | "
-                  f"{sources} |", flush=True)
+                  f"{untriggered} | {sources} |", flush=True)
     if args.out is not None:
         write_json(args.out, {"rows": rows})
 
