@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 from pathlib import Path
 
 import torch
@@ -45,6 +46,7 @@ def floor_of(reference: torch.nn.Module, infected: str, dataset: str) -> dict:
     top = torch.argsort(sources, descending=True)[:TOP_SOURCES]
     return {
         "infected": infected,
+        "attack": subject.model.spec.attack["config"]["kind"],
         "targets": sorted({int(t) for t in torch.unique(poisoned.target_labels)}),
         "eligible": int(eligible.sum()),
         "asr": 100 * attack_success_rate(predictions, poisoned.true_labels,
@@ -90,8 +92,22 @@ def main() -> None:
             untriggered = "—" if row["untriggered"] is None else f"{row['untriggered']:.2f}"
             print(f"| {reference_path} | {infected} | {row['targets']} | {row['asr']:.2f} | "
                   f"{untriggered} | {sources} |", flush=True)
+    summary = summarize(rows)
+    print("\n| attack | ASR (%) mean | min | max | readings |\n|---|---|---|---|---|")
+    for attack, stats in summary.items():
+        print(f"| {attack} | {stats['mean']:.2f} | {stats['min']:.2f} | {stats['max']:.2f} | "
+              f"{stats['n']} |")
     if args.out is not None:
-        write_json(args.out, {"rows": rows})
+        write_json(args.out, {"rows": rows, "by_attack": summary})
+
+
+def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean, min and max ASR per attack over every (model, infected bundle) reading."""
+    by_attack: dict[str, list[float]] = {}
+    for row in rows:
+        by_attack.setdefault(row["attack"], []).append(row["asr"])
+    return {attack: {"mean": statistics.fmean(v), "min": min(v), "max": max(v), "n": len(v)}
+            for attack, v in by_attack.items()}
 
 
 if __name__ == "__main__":
