@@ -4,7 +4,7 @@ A model trained on clean data only (``python -m onp.attack --attack none``) stil
 triggered images to the target class: classes that look like the target (on Fashion-MNIST,
 shirts and pullovers next to T-shirts), and images the trigger covers. This script reads, for
 each infected bundle, its held-out poisoned test set (the one every table's ASR is read on) and
-prints the ASR of the reference models on it, with the true classes the target predictions come
+prints the ASR of each model on it, with the true classes the target predictions come
 from, and the *untriggered target rate*: the share of the held-out clean test images of other
 classes that the model sends to the (single) target without any trigger. A model's ASR minus
 its untriggered rate is what the trigger itself adds. Any model can be read this way, a
@@ -27,32 +27,37 @@ from onp.data.types import ImageSet
 from onp.eval.metrics import attack_success_rate, predict
 from onp.io import write_json
 from onp.models.loading import load_model
-from onp.subjects import load_subject
+from onp.subjects import Subject, load_subject
 
 TOP_SOURCES = 3  # true classes listed per cell, by how many of their images reach the target
 
 
-def floor_of(reference: torch.nn.Module, infected: str, dataset: str) -> dict:
-    """ASR of ``reference`` on ``infected``'s held-out poisoned test set, and its sources."""
+def load_infected(infected: str, dataset: str) -> Subject:
+    """The infected bundle's subject (its held-out test sets), built once per bundle."""
     subject = load_subject(infected, dataset)
     if subject.test_poisoned is None:
         raise SystemExit(f"{infected}: the bundle records no attack, so there is no trigger")
+    return subject
+
+
+def read_on(model: torch.nn.Module, subject: Subject) -> dict:
+    """ASR of ``model`` on ``subject``'s held-out poisoned test set, its sources and the
+    untriggered target rate on ``subject``'s clean test set."""
     poisoned = subject.test_poisoned
-    predictions = predict(reference, poisoned.images)
+    predictions = predict(model, poisoned.images)
     eligible = poisoned.true_labels != poisoned.target_labels
     hits = (predictions == poisoned.target_labels) & eligible
     classes = int(poisoned.true_labels.max()) + 1
     sources = torch.bincount(poisoned.true_labels[hits], minlength=classes)
     top = torch.argsort(sources, descending=True)[:TOP_SOURCES]
     return {
-        "infected": infected,
         "attack": subject.model.spec.attack["config"]["kind"],
         "targets": sorted({int(t) for t in torch.unique(poisoned.target_labels)}),
         "eligible": int(eligible.sum()),
         "asr": 100 * attack_success_rate(predictions, poisoned.true_labels,
                                          poisoned.target_labels),
         "sources": {int(c): int(sources[c]) for c in top if int(sources[c]) > 0},
-        "untriggered": untriggered_rate(reference, subject.test_clean, poisoned.target_labels),
+        "untriggered": untriggered_rate(model, subject.test_clean, poisoned.target_labels),
     }
 
 
@@ -82,15 +87,16 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     print("| model | infected | target | ASR (%) | untriggered target rate (%) | "
           "target hits by true class |\n|---|---|---|---|---|---|")
+    models = {path: load_model(path).eval() for path in args.models}
     rows = []
-    for reference_path in args.models:
-        reference = load_model(reference_path).eval()
-        for infected in args.infected:
-            row = {"reference": reference_path, **floor_of(reference, infected, args.dataset)}
+    for infected in args.infected:
+        subject = load_infected(infected, args.dataset)
+        for path, model in models.items():
+            row = {"model": path, "infected": infected, **read_on(model, subject)}
             rows.append(row)
             sources = ", ".join(f"{c}: {n}" for c, n in row["sources"].items())
             untriggered = "—" if row["untriggered"] is None else f"{row['untriggered']:.2f}"
-            print(f"| {reference_path} | {infected} | {row['targets']} | {row['asr']:.2f} | "
+            print(f"| {path} | {infected} | {row['targets']} | {row['asr']:.2f} | "
                   f"{untriggered} | {sources} |", flush=True)
     summary = summarize(rows)
     print("\n| attack | ASR (%) mean | min | max | readings |\n|---|---|---|---|---|")
