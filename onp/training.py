@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +36,11 @@ class TrainSettings:
             2015): the loss is ``(1 - a) * CE + a * T^2 * KL(teacher || model)`` at temperature
             ``T``, on the augmentable images only; ``0`` (default) is plain cross-entropy.
         distill_temperature: ``T``.
+        clean_bn_statistics: BatchNorm statistics come from the augmentable (clean) images
+            alone: the others (stamped or poisoned copies) are normalised with the running
+            statistics and do not update them, as they will be at test time. Mixing stamped
+            copies into the batch statistics shifts them away from the clean images that the
+            trained net is read on (the main BatchNorm of AdvProp, Xie et al. 2020).
     """
 
     epochs: int = 4
@@ -45,6 +52,7 @@ class TrainSettings:
     schedule: str = "one-cycle"
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
+    clean_bn_statistics: bool = False
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -67,6 +75,43 @@ def distillation_loss(
     return F.kl_div(F.log_softmax(logits / temperature, dim=1),
                     F.log_softmax(teacher_logits / temperature, dim=1),
                     reduction="batchmean", log_target=True) * temperature**2
+
+
+@contextmanager
+def running_batchnorm(model: nn.Module) -> Iterator[None]:
+    """Within the block, ``model``'s BatchNorm layers in training mode normalise with their
+    running statistics and leave them unchanged (eval mode); everything else keeps its mode."""
+    switched = [m for m in model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for module in switched:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module in switched:
+            module.train()
+
+
+def _forward(model: nn.Module, x: torch.Tensor, clean: torch.Tensor,
+             clean_statistics: bool) -> torch.Tensor:
+    """``model(x)``; with ``clean_statistics`` only the ``clean`` rows reach the BatchNorm
+    batch statistics, the others are normalised with the running ones.
+
+    Shapes:
+        x: ``[B, C, H, W]``; clean: ``[B]`` bool; returns ``[B, K]``.
+    """
+    if not clean_statistics or bool(clean.all()):
+        return model(x)
+    if not bool(clean.any()):
+        with running_batchnorm(model):
+            return model(x)
+    clean_logits = model(x[clean])
+    with running_batchnorm(model):
+        other_logits = model(x[~clean])
+    logits = clean_logits.new_empty((len(x), clean_logits.shape[1]))
+    logits[clean] = clean_logits
+    logits[~clean] = other_logits
+    return logits
 
 
 def _shift_and_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -146,7 +191,7 @@ def train_classifier(
             if settings.augment:
                 x = torch.where(allowed.view(-1, 1, 1, 1), _shift_and_flip(x, generator), x)
             x, y = x.to(device), y.to(device)
-            logits = model(x)
+            logits = _forward(model, x, allowed.to(device), settings.clean_bn_statistics)
             loss = F.cross_entropy(logits, y)
             if settings.distill_weight > 0 and bool(allowed.any()):
                 assert teacher is not None  # checked above

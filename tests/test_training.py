@@ -1,9 +1,16 @@
+import math
+
 import pytest
 import torch
 
 from onp.eval.metrics import accuracy_of, predict
 from onp.models.bundle import ModelSpec, make_classifier
-from onp.training import TrainSettings, distillation_loss, train_classifier
+from onp.training import (
+    TrainSettings,
+    distillation_loss,
+    running_batchnorm,
+    train_classifier,
+)
 
 
 def _toy_data(n: int = 256):
@@ -63,3 +70,49 @@ def test_distillation_pulls_the_student_towards_the_teacher() -> None:
     assert float(distillation_loss(target.log(), target.log(), 2.0)) == pytest.approx(0, abs=1e-6)
     with pytest.raises(ValueError, match="teacher"):
         train_classifier(net(), images, labels, TrainSettings(distill_weight=0.5))
+
+
+def test_clean_bn_statistics_keep_stamped_images_out_of_the_running_statistics() -> None:
+    """Only the clean (augmentable) images move the running statistics; the stamped ones,
+    here far brighter, are normalised with them and still get gradients."""
+    torch.manual_seed(0)
+    clean = torch.rand(32, 1, 6, 6) * 0.1
+    stamped = torch.rand(16, 1, 6, 6) + 5.0
+    images, labels = torch.cat([clean, stamped]), torch.randint(0, 3, (48,))
+    is_clean = torch.arange(48) < 32
+
+    def net() -> torch.nn.Module:
+        torch.manual_seed(1)
+        return torch.nn.Sequential(torch.nn.BatchNorm2d(1, momentum=None), torch.nn.Flatten(),
+                                   torch.nn.Linear(36, 3))
+
+    runs = {}
+    for flag in (True, False):
+        model = net()
+        settings = TrainSettings(epochs=1, batch_size=48, lr=0.05, schedule="constant",
+                                 clean_bn_statistics=flag)
+        train_classifier(model, images, labels, settings, augment_mask=is_clean)
+        runs[flag] = model
+    # momentum=None: the running mean is the plain average of the batches it saw
+    torch.testing.assert_close(runs[True][0].running_mean, clean.mean().view(1))
+    torch.testing.assert_close(runs[False][0].running_mean, images.mean().view(1))
+    untouched = net()
+    assert not torch.allclose(runs[True][2].weight, untouched[2].weight)
+    probe = net().train()
+    with running_batchnorm(probe):
+        assert not probe[0].training and probe[2].training
+    assert probe[0].training
+
+
+def test_clean_bn_statistics_handle_batches_without_clean_images() -> None:
+    torch.manual_seed(0)
+    images, labels = torch.rand(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(36, 3))
+    before = model[0].running_mean.clone()
+    settings = TrainSettings(epochs=1, batch_size=4, lr=0.05, schedule="constant",
+                             clean_bn_statistics=True)
+    losses = train_classifier(model, images, labels, settings,
+                              augment_mask=torch.zeros(8, dtype=torch.bool))
+    assert math.isfinite(losses[0])
+    torch.testing.assert_close(model[0].running_mean, before)

@@ -162,6 +162,9 @@ class ApplyConfig:
         "weight of distillation from B on clean fitting images (0: off)"))
     recalibrate_bn: bool = field(default=False, metadata=_help(
         "re-estimate BatchNorm statistics on the clean fitting images after each round"))
+    clean_bn_statistics: bool = field(default=False, metadata=_help(
+        "train with BatchNorm statistics of clean images only (stamped copies use the running"
+        " ones)"))
     perturbation_eps: float = field(default=PERTURBATION_EPS, metadata=_help(
         "bound of the suspected universal perturbation (0: patch trigger only)"))
     warp_shift: float = field(default=WARP_MAX_SHIFT, metadata=_help(
@@ -209,7 +212,8 @@ class ApplyConfig:
             protect_rounds=self.protect_rounds, lr=self.lr, lr_schedule=self.lr_schedule,
             optimizer=self.optimizer, batch_size=self.batch_size, augment=self.augment,
             asr_weight=self.asr_weight, unlearn_fraction=self.unlearn_fraction,
-            distill_weight=self.distill_weight, recalibrate_bn=self.recalibrate_bn)
+            distill_weight=self.distill_weight, recalibrate_bn=self.recalibrate_bn,
+            clean_bn_statistics=self.clean_bn_statistics)
 
 
 @dataclass

@@ -140,6 +140,9 @@ class SparseConfig:
             the live channels on the clean fitting images alone (``update_bn`` of
             :mod:`torch.optim.swa_utils`): training mixes the stamped copies into them, and
             B' is read on clean images.
+        clean_bn_statistics: Train with BatchNorm statistics from the clean fitting images
+            alone: the stamped copies are normalised with the running statistics and leave
+            them unchanged (``TrainSettings.clean_bn_statistics``), as B' will normalise them.
     """
 
     sparsity: float = DEFAULT_SPARSITY
@@ -161,6 +164,7 @@ class SparseConfig:
     distill_weight: float = DEFAULT_DISTILL_WEIGHT
     distill_temperature: float = 2.0
     recalibrate_bn: bool = False
+    clean_bn_statistics: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -432,7 +436,8 @@ def prune_and_regrow(
                 momentum=config.momentum, weight_decay=config.weight_decay,
                 augment=config.augment, schedule="constant",
                 distill_weight=config.distill_weight,
-                distill_temperature=config.distill_temperature)
+                distill_temperature=config.distill_temperature,
+                clean_bn_statistics=config.clean_bn_statistics)
             images, labels, augmentable = round_training_set(
                 fit, stamp, config.unlearn_fraction, seed + index)
             loss = train_classifier(work, images, labels, settings, seed=seed + index,

@@ -214,3 +214,24 @@ def test_a_fresh_probe_fits_a_new_perturbation_and_leaves_the_stamp_alone() -> N
     assert torch.equal(stamp.universal[0].params, delta) and stamp.refreshes == 0
     assert fresh.asr_of(predict(model, fresh.images)) >= stamp.probe().asr_of(
         predict(model, stamp.probe().images))
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_the_rounds_pass_clean_bn_statistics_to_training(monkeypatch, flag: bool) -> None:
+    import onp.repair.sparse as sparse
+
+    seen: list[tuple[bool, int]] = []
+
+    def recording(model, images, labels, settings, augment_mask=None, **kwargs):
+        seen.append((settings.clean_bn_statistics, int((~augment_mask).sum())))
+        return train_classifier(model, images, labels, settings, augment_mask=augment_mask,
+                                **kwargs)
+
+    monkeypatch.setattr(sparse, "train_classifier", recording)
+    model, groups = _model()
+    fit, held = _toy(64, 1), _toy(32, 2)
+    config = SparseConfig(sparsity=0.25, rounds=2, batch_size=32, unlearn_fraction=0.5,
+                          clean_bn_statistics=flag)
+    prune_and_regrow(model, groups, fit, held, _probe(held), full_mask(groups), config,
+                     stamp=_CountingStamp())
+    assert seen == [(flag, 32), (flag, 32)]  # the 32 stamped copies are the non-clean rows
