@@ -151,12 +151,13 @@ def main() -> None:
                      f"{100 * kept.clean_accuracy:.1f} | {readings} | {100 * score:.1f} | "
                      f"{100 * test_ca:.2f} | {100 * test_asr:.2f} | {seconds:.0f} |")
         log.info("%s", lines[-1])
-    write_json(args.out / "repair_settings.json",
-               {"model": args.model, "seed_mask": str(args.seed_mask), "runs": runs,
-                "judge_of_b": judge_of_b, "signal": signal.to_json(),
-                "torch_threads": torch.get_num_threads()})
-    with atomic_path(args.out / "repair_settings.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        # rewritten whole after every setting: a stopped run keeps the settings it finished
+        write_json(args.out / "repair_settings.json",
+                   {"model": args.model, "seed_mask": str(args.seed_mask), "runs": runs,
+                    "judge_of_b": judge_of_b, "signal": signal.to_json(),
+                    "torch_threads": torch.get_num_threads()})
+        with atomic_path(args.out / "repair_settings.md") as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
