@@ -190,16 +190,15 @@ def train_classifier(
                        else torch.ones(len(idx), dtype=torch.bool))
             if settings.augment:
                 x = torch.where(allowed.view(-1, 1, 1, 1), _shift_and_flip(x, generator), x)
-            x, y = x.to(device), y.to(device)
-            logits = _forward(model, x, allowed.to(device), settings.clean_bn_statistics)
+            x, y, clean = x.to(device), y.to(device), allowed.to(device)
+            logits = _forward(model, x, clean, settings.clean_bn_statistics)
             loss = F.cross_entropy(logits, y)
             if settings.distill_weight > 0 and bool(allowed.any()):
                 assert teacher is not None  # checked above
-                keep = allowed.to(device)
                 with torch.no_grad():
-                    soft = teacher.eval()(x[keep])
+                    soft = teacher.eval()(x[clean])
                 loss = ((1 - settings.distill_weight) * loss + settings.distill_weight
-                        * distillation_loss(logits[keep], soft, settings.distill_temperature))
+                        * distillation_loss(logits[clean], soft, settings.distill_temperature))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
