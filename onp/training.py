@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -41,6 +41,12 @@ class TrainSettings:
             statistics and do not update them, as they will be at test time. Mixing stamped
             copies into the batch statistics shifts them away from the clean images that the
             trained net is read on (the main BatchNorm of AdvProp, Xie et al. 2020).
+        stamped_distill_weight: Weight ``b`` of distillation on the other (stamped) images:
+            their loss is ``(1 - b) * CE + b * T^2 * KL(teacher(original) || model(stamped))``,
+            the teacher reading each one's clean original (``teacher_images`` of
+            :func:`train_classifier`). A stamped copy then learns what the teacher says of the
+            clean image, soft, instead of the hard true label (the consistency target of
+            TRADES, Zhang et al. 2019); ``0`` (default) is plain cross-entropy.
     """
 
     epochs: int = 4
@@ -53,28 +59,35 @@ class TrainSettings:
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
     clean_bn_statistics: bool = False
+    stamped_distill_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TrainSettings.schedule: expected one of {SCHEDULES}, found "
                              f"{self.schedule!r}")
-        if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:
-            raise ValueError(f"TrainSettings: distill_weight must lie in [0, 1] and "
-                             f"distill_temperature be positive, found {self.distill_weight}, "
+        if (not 0.0 <= self.distill_weight <= 1.0 or not 0.0 <= self.stamped_distill_weight
+                <= 1.0 or self.distill_temperature <= 0):
+            raise ValueError(f"TrainSettings: distill_weight and stamped_distill_weight must "
+                             f"lie in [0, 1] and distill_temperature be positive, found "
+                             f"{self.distill_weight}, {self.stamped_distill_weight}, "
                              f"{self.distill_temperature}")
 
 
 def distillation_loss(
-    logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+    logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+    per_row: bool = False,
 ) -> torch.Tensor:
-    """``T^2 * KL(softmax(teacher / T) || softmax(logits / T))``, averaged over the batch.
+    """``T^2 * KL(softmax(teacher / T) || softmax(logits / T))``, averaged over the batch
+    (or one value per row with ``per_row``).
 
     Shapes:
-        logits, teacher_logits: ``[B, K]``; returns a scalar.
+        logits, teacher_logits: ``[B, K]``; returns a scalar, or ``[B]`` with ``per_row``.
     """
-    return F.kl_div(F.log_softmax(logits / temperature, dim=1),
-                    F.log_softmax(teacher_logits / temperature, dim=1),
-                    reduction="batchmean", log_target=True) * temperature**2
+    log_p = F.log_softmax(logits / temperature, dim=1)
+    log_q = F.log_softmax(teacher_logits / temperature, dim=1)
+    if per_row:
+        return F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(1) * temperature**2
+    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * temperature**2
 
 
 @contextmanager
@@ -114,6 +127,27 @@ def _forward(model: nn.Module, x: torch.Tensor, clean: torch.Tensor,
     return logits
 
 
+def _stamped_loss(
+    logits: torch.Tensor, labels: torch.Tensor, clean: torch.Tensor, teacher: nn.Module,
+    originals: torch.Tensor, settings: TrainSettings,
+) -> torch.Tensor:
+    """Mean per-row loss: cross-entropy on the clean rows; on the stamped rows cross-entropy
+    mixed with distillation from the teacher's outputs on their clean ``originals``.
+
+    Shapes:
+        logits: ``[B, K]``; labels: ``[B]``; clean: ``[B]`` bool; originals: ``[S, C, H, W]``
+        with ``S`` the stamped rows, in order; returns a scalar.
+    """
+    rows = F.cross_entropy(logits, labels, reduction="none")
+    with torch.no_grad():
+        soft = teacher(originals)
+    weight = settings.stamped_distill_weight
+    stamped = ~clean
+    rows[stamped] = ((1 - weight) * rows[stamped] + weight * distillation_loss(
+        logits[stamped], soft, settings.distill_temperature, per_row=True))
+    return rows.mean()
+
+
 def _shift_and_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flip and up to 2-pixel translation, per image.
 
@@ -136,6 +170,8 @@ def train_classifier(
     augment_mask: torch.Tensor | None = None,
     description: str = "train",
     teacher: nn.Module | None = None,
+    teacher_images: torch.Tensor | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> list[float]:
     """Train ``model`` in place with cross-entropy.
 
@@ -150,18 +186,26 @@ def train_classifier(
         description: Progress-bar label.
         teacher: Model distilled from when ``settings.distill_weight`` > 0 (kept in eval mode,
             not trained); its outputs on the augmentable images are the soft targets.
+        teacher_images: What the teacher reads for each non-augmentable (stamped) image when
+            ``settings.stamped_distill_weight`` > 0: its clean original (rows of augmentable
+            images are not read).
+        on_step: Called after every optimizer step (e.g. to update a weight average).
 
     Returns:
         The mean training loss of each epoch.
 
     Shapes:
         images: ``[N, C, H, W]`` float in ``[0, 1]``; labels: ``[N]`` int64;
-        augment_mask: ``[N]`` bool.
+        augment_mask: ``[N]`` bool; teacher_images: ``[N, C, H, W]``.
     """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if settings.distill_weight > 0 and teacher is None:
         raise ValueError("train_classifier: distill_weight > 0 needs a teacher")
+    if settings.stamped_distill_weight > 0 and (teacher is None or teacher_images is None
+                                                or len(teacher_images) != len(images)):
+        raise ValueError("train_classifier: stamped_distill_weight > 0 needs a teacher and "
+                         "one teacher image per training image")
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(
@@ -192,7 +236,12 @@ def train_classifier(
                 x = torch.where(allowed.view(-1, 1, 1, 1), _shift_and_flip(x, generator), x)
             x, y, clean = x.to(device), y.to(device), allowed.to(device)
             logits = _forward(model, x, clean, settings.clean_bn_statistics)
-            loss = F.cross_entropy(logits, y)
+            if settings.stamped_distill_weight > 0 and not bool(allowed.all()):
+                assert teacher is not None and teacher_images is not None  # checked above
+                loss = _stamped_loss(logits, y, clean, teacher.eval(),
+                                     teacher_images[idx[~allowed]].to(device), settings)
+            else:
+                loss = F.cross_entropy(logits, y)
             if settings.distill_weight > 0 and bool(allowed.any()):
                 assert teacher is not None  # checked above
                 with torch.no_grad():
@@ -203,6 +252,8 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if on_step is not None:
+                on_step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
             bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)

@@ -116,3 +116,50 @@ def test_clean_bn_statistics_handle_batches_without_clean_images() -> None:
                               augment_mask=torch.zeros(8, dtype=torch.bool))
     assert math.isfinite(losses[0])
     torch.testing.assert_close(model[0].running_mean, before)
+
+
+def test_stamped_distillation_replaces_the_stamped_rows_labels_with_the_teacher() -> None:
+    """With weight 1 a stamped row's label is never read: it learns the teacher's output on its
+    clean original. With weight 0 the labels drive training as usual."""
+    images, labels = _toy_data(96)
+    stamped = images.clone()
+    stamped[:, :, :2, :2] = 1.0  # a corner trigger on every copy
+    inputs = torch.cat([images, stamped])
+    originals = torch.cat([images, images])
+    clean = torch.arange(192) < 96
+    teacher = _model()
+    train_classifier(teacher, images, labels, TrainSettings(epochs=6, batch_size=32, lr=0.05))
+
+    def trained(weight: float, stamped_labels: torch.Tensor) -> torch.nn.Module:
+        model = _model()
+        settings = TrainSettings(epochs=3, batch_size=32, lr=0.05, schedule="constant",
+                                 stamped_distill_weight=weight)
+        train_classifier(model, inputs, torch.cat([labels, stamped_labels]), settings,
+                         augment_mask=clean, teacher=teacher, teacher_images=originals)
+        return model
+
+    first, second = torch.zeros(96, dtype=torch.long), torch.full((96,), 3)
+    soft_a, soft_b = trained(1.0, first), trained(1.0, second)
+    for p, q in zip(soft_a.parameters(), soft_b.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    hard_a, hard_b = trained(0.0, first), trained(0.0, second)
+    assert not all(torch.allclose(p, q) for p, q in
+                   zip(hard_a.parameters(), hard_b.parameters(), strict=True))
+    # what the teacher says of the originals, the soft student says of the stamped copies
+    said = predict(teacher, images)
+    assert accuracy_of(predict(soft_a, stamped), said) > accuracy_of(predict(hard_a, stamped),
+                                                                     said)
+    rows = distillation_loss(torch.randn(5, 4), torch.randn(5, 4), 2.0, per_row=True)
+    assert rows.shape == (5,) and bool((rows >= 0).all())
+    with pytest.raises(ValueError, match="teacher image"):
+        train_classifier(_model(), inputs, torch.cat([labels, first]),
+                         TrainSettings(stamped_distill_weight=0.5), augment_mask=clean,
+                         teacher=teacher)
+
+
+def test_on_step_is_called_after_every_optimizer_step() -> None:
+    images, labels = _toy_data(100)
+    calls: list[int] = []
+    train_classifier(_model(), images, labels, TrainSettings(epochs=2, batch_size=32),
+                     on_step=lambda: calls.append(1))
+    assert len(calls) == 2 * 4  # ceil(100 / 32) steps per epoch

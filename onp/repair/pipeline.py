@@ -165,6 +165,12 @@ class ApplyConfig:
     clean_bn_statistics: bool = field(default=False, metadata=_help(
         "train with BatchNorm statistics of clean images only (stamped copies use the running"
         " ones)"))
+    stamped_distill_weight: float = field(default=0.0, metadata=_help(
+        "stamped copies learn B's outputs on their clean originals with this weight, their"
+        " true labels with the rest (0: hard labels)"))
+    weight_average: float = field(default=0.0, metadata=_help(
+        "decay of a moving average of the weights from round 1 on, which scores and gives the"
+        " kept round (0: off)"))
     perturbation_eps: float = field(default=PERTURBATION_EPS, metadata=_help(
         "bound of the suspected universal perturbation (0: patch trigger only)"))
     warp_shift: float = field(default=WARP_MAX_SHIFT, metadata=_help(
@@ -213,7 +219,9 @@ class ApplyConfig:
             optimizer=self.optimizer, batch_size=self.batch_size, augment=self.augment,
             asr_weight=self.asr_weight, unlearn_fraction=self.unlearn_fraction,
             distill_weight=self.distill_weight, recalibrate_bn=self.recalibrate_bn,
-            clean_bn_statistics=self.clean_bn_statistics)
+            clean_bn_statistics=self.clean_bn_statistics,
+            stamped_distill_weight=self.stamped_distill_weight,
+            weight_average=self.weight_average)
 
 
 @dataclass

@@ -34,10 +34,12 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from onp.data.splits import subsample
@@ -143,6 +145,14 @@ class SparseConfig:
         clean_bn_statistics: Train with BatchNorm statistics from the clean fitting images
             alone: the stamped copies are normalised with the running statistics and leave
             them unchanged (``TrainSettings.clean_bn_statistics``), as B' will normalise them.
+        stamped_distill_weight: Weight of distillation on the stamped copies: they learn the
+            input model's outputs on their clean originals, mixed with their true labels
+            (``TrainSettings.stamped_distill_weight``); ``0`` keeps the hard labels.
+        weight_average: Decay of an exponential moving average of the weights and BatchNorm
+            statistics over the training steps from round 1 on (``AveragedModel`` of
+            :mod:`torch.optim.swa_utils`), started from round 0's result; the rounds are scored,
+            their stamp refreshed and the kept checkpoint taken with the average, while
+            training goes on from the raw weights. ``0`` turns it off.
     """
 
     sparsity: float = DEFAULT_SPARSITY
@@ -165,6 +175,8 @@ class SparseConfig:
     distill_temperature: float = 2.0
     recalibrate_bn: bool = False
     clean_bn_statistics: bool = False
+    stamped_distill_weight: float = 0.0
+    weight_average: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -177,6 +189,11 @@ class SparseConfig:
         if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:
             problems.append(f"distill_weight must lie in [0, 1] and distill_temperature be "
                             f"positive, found {self.distill_weight}, {self.distill_temperature}")
+        if not 0.0 <= self.stamped_distill_weight <= 1.0:
+            problems.append(f"stamped_distill_weight must lie in [0, 1], found "
+                            f"{self.stamped_distill_weight}")
+        if not 0.0 <= self.weight_average < 1.0:
+            problems.append(f"weight_average must lie in [0, 1), found {self.weight_average}")
         if self.lr <= 0:
             problems.append(f"lr must be positive, found {self.lr}")
         if self.importance not in IMPORTANCE_KINDS:
@@ -305,25 +322,27 @@ def first_images(probe: BackdoorProbe, count: int) -> BackdoorProbe:
 
 def round_training_set(
     fit: ImageSet, stamp: Stamp | None, fraction: float, seed: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A round's images, labels and augmentable flags: ``fit`` plus stamped copies.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A round's images, labels, augmentable flags and clean originals: ``fit`` plus stamped
+    copies.
 
     A random ``fraction`` of the fitting images is added again with the trigger stamped on and
     the true label kept, so that training unlearns the trigger. Stamped copies are not shifted or
     flipped (the trigger stays where it was found), like poisoned images in training.
 
     Shapes:
-        returns ``[N + K, C, H, W]`` images, ``[N + K]`` labels, ``[N + K]`` bool.
+        returns ``[N + K, C, H, W]`` images, ``[N + K]`` labels, ``[N + K]`` bool and
+        ``[N + K, C, H, W]`` originals (each image without its stamp).
     """
     count = 0 if stamp is None else int(round(fraction * len(fit)))
     if count == 0:
-        return fit.images, fit.labels, torch.ones(len(fit), dtype=torch.bool)
+        return fit.images, fit.labels, torch.ones(len(fit), dtype=torch.bool), fit.images
     pick = torch.randperm(len(fit), generator=torch.Generator().manual_seed(seed))[:count]
     images = torch.cat([fit.images, stamp(fit.images[pick]).clamp(0.0, 1.0)])
     labels = torch.cat([fit.labels, fit.labels[pick]])
     augmentable = torch.cat([torch.ones(len(fit), dtype=torch.bool),
                              torch.zeros(count, dtype=torch.bool)])
-    return images, labels, augmentable
+    return images, labels, augmentable, torch.cat([fit.images, fit.images[pick]])
 
 
 def held_in_scores(
@@ -409,7 +428,8 @@ def prune_and_regrow(
     config = config or SparseConfig()
     seed_mask = check_mask(groups, seed_mask)
     work = copy.deepcopy(model).eval()
-    teacher = copy.deepcopy(model).eval() if config.distill_weight > 0 else None
+    distills = config.distill_weight > 0 or config.stamped_distill_weight > 0
+    teacher = copy.deepcopy(model).eval() if distills else None
     stamp = copy.deepcopy(stamp)
     chosen = chosen_nodes(groups, config.group_kinds, config.coupled)
     importance_set = subsample(fit, min(config.importance_images, len(fit)), seed=seed).images
@@ -420,6 +440,7 @@ def prune_and_regrow(
     records: list[RoundRecord] = []
     masks: list[ChannelMask] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    average: AveragedModel | None = None
     previous = seed_mask
     bar = tqdm(range(config.rounds), desc="prune-regrow", unit="round")
     try:
@@ -437,15 +458,26 @@ def prune_and_regrow(
                 augment=config.augment, schedule="constant",
                 distill_weight=config.distill_weight,
                 distill_temperature=config.distill_temperature,
-                clean_bn_statistics=config.clean_bn_statistics)
-            images, labels, augmentable = round_training_set(
+                clean_bn_statistics=config.clean_bn_statistics,
+                stamped_distill_weight=config.stamped_distill_weight)
+            images, labels, augmentable, originals = round_training_set(
                 fit, stamp, config.unlearn_fraction, seed + index)
-            loss = train_classifier(work, images, labels, settings, seed=seed + index,
-                                    augment_mask=augmentable, teacher=teacher,
-                                    description=f"round {index + 1}")[0]
+            if config.weight_average > 0 and index == 1:
+                average = AveragedModel(work, use_buffers=True, multi_avg_fn=(
+                    get_ema_multi_avg_fn(config.weight_average)))
+            loss = train_classifier(
+                work, images, labels, settings, seed=seed + index, augment_mask=augmentable,
+                teacher=teacher, teacher_images=originals, description=f"round {index + 1}",
+                on_step=None if average is None else partial(average.update_parameters, work),
+            )[0]
             if config.recalibrate_bn:
                 recalibrate_batchnorm(work, fit.images, config.batch_size)
             _restore_pruned_statistics(work, groups, mask, statistics)
+            raw = None
+            if average is not None:  # score (and keep) the average; train on from the raw
+                raw = {k: v.detach().clone() for k, v in work.state_dict().items()}
+                work.load_state_dict(average.module.state_dict())
+                _restore_pruned_statistics(work, groups, mask, statistics)
             scored_with = probe
             if stamp is not None and config.unlearn_fraction > 0:
                 stamp.refresh(work)  # under the round's mask: follow the net just trained
@@ -462,6 +494,8 @@ def prune_and_regrow(
             if best is None or utility > best[0]:
                 best = (utility, index, {k: v.detach().clone() for k, v in
                                          work.state_dict().items()})
+            if raw is not None:
+                work.load_state_dict(raw)
             bar.set_postfix(CA=f"{ca:.3f}", proxy_ASR=f"{asr:.3f}", refresh=False)
             log.info("repair/round %d: %d pruned (%d regrown), held-in CA %.4f, proxy ASR %.4f",
                      index, records[-1].pruned, records[-1].regrown, ca, asr)

@@ -200,3 +200,25 @@ def test_bad_settings_are_clear_errors() -> None:
         SparseConfig(protect_rounds=0)
     with pytest.raises(ONPInputError, match="importance"):
         SparseConfig(importance="taylor")
+
+
+def test_weight_average_scores_and_keeps_the_averaged_weights() -> None:
+    """A decay of (almost) 1 freezes the average at round 0's result: every later round then
+    scores and keeps those weights, while the raw weights go on training."""
+    common = dict(sparsity=0.25, rounds=3, batch_size=32, group_kinds=("conv",),
+                  lr_schedule="constant", lr=0.05)
+    _, _, plain = _run("plain_cnn", {"width": 4}, SparseConfig(**common))
+    _, _, frozen = _run("plain_cnn", {"width": 4},
+                        SparseConfig(**common, weight_average=1.0 - 1e-9))
+    first = frozen.rounds[0]
+    assert (first.clean_accuracy, first.proxy_asr) == (plain.rounds[0].clean_accuracy,
+                                                       plain.rounds[0].proxy_asr)
+    assert all(torch.equal(mask, frozen.masks[0]) for mask in frozen.masks)
+    for record in frozen.rounds[1:]:  # the average is round 0's net, under the same mask
+        assert record.clean_accuracy == pytest.approx(first.clean_accuracy, abs=1e-9)
+        assert record.proxy_asr == pytest.approx(first.proxy_asr, abs=1e-9)
+    assert [r.loss for r in frozen.rounds] == [r.loss for r in plain.rounds]  # raw training
+    with pytest.raises(ONPInputError, match="weight_average"):
+        SparseConfig(weight_average=1.0)
+    with pytest.raises(ONPInputError, match="stamped_distill_weight"):
+        SparseConfig(stamped_distill_weight=1.5)

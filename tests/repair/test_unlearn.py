@@ -51,16 +51,19 @@ def test_the_perturbation_stays_in_its_bound_and_reaches_the_target() -> None:
 
 def test_a_round_adds_stamped_copies_with_their_true_labels() -> None:
     fit = _toy(40, 1)
-    images, labels, augmentable = round_training_set(fit, _corner, 0.25, seed=3)
+    images, labels, augmentable, originals = round_training_set(fit, _corner, 0.25, seed=3)
     assert images.shape == (50, *SHAPE) and labels.shape == (50,)
     assert torch.equal(images[:40], fit.images) and augmentable[:40].all()
     assert not augmentable[40:].any() and (images[40:, :, -2:, -2:] == 1.0).all()
+    assert torch.equal(originals[:40], fit.images)
+    assert torch.equal(_corner(originals[40:]), images[40:])  # each copy's own clean original
     unstamped = fit.images[:, :, :-2, :-2]  # the part of each image the corner leaves alone
     for image, label in zip(images[40:], labels[40:], strict=True):  # a copy keeps its label
         match = torch.nonzero((unstamped == image[:, :-2, :-2]).flatten(1).all(1)).flatten()
         assert match.numel() == 1 and int(fit.labels[match]) == int(label)
-    same, _, _ = round_training_set(fit, None, 0.25, seed=3)
+    same, _, _, same_originals = round_training_set(fit, None, 0.25, seed=3)
     assert torch.equal(same, fit.images)  # no stamp, no unlearning
+    assert torch.equal(same_originals, fit.images)
 
 
 def _additive(delta: torch.Tensor, bound: float = 0.2) -> UniversalTrigger:
