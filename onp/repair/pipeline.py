@@ -62,6 +62,7 @@ from onp.repair.sparse import (
     DEFAULT_LR,
     DEFAULT_ROUNDS,
     DEFAULT_SPARSITY,
+    DEFAULT_STAMPED_DISTILL_WEIGHT,
     DEFAULT_UNLEARN_FRACTION,
     GROUP_KINDS,
     PROTECT_ALWAYS,
@@ -165,7 +166,7 @@ class ApplyConfig:
     clean_bn_statistics: bool = field(default=False, metadata=_help(
         "train with BatchNorm statistics of clean images only (stamped copies use the running"
         " ones)"))
-    stamped_distill_weight: float = field(default=0.0, metadata=_help(
+    stamped_distill_weight: float = field(default=DEFAULT_STAMPED_DISTILL_WEIGHT, metadata=_help(
         "stamped copies learn B's outputs on their clean originals with this weight, their"
         " true labels with the rest (0: hard labels)"))
     weight_average: float = field(default=0.0, metadata=_help(
