@@ -42,11 +42,12 @@ class TrainSettings:
             copies into the batch statistics shifts them away from the clean images that the
             trained net is read on (the main BatchNorm of AdvProp, Xie et al. 2020).
         stamped_distill_weight: Weight ``b`` of distillation on the other (stamped) images:
-            their loss is ``(1 - b) * CE + b * T^2 * KL(teacher(original) || model(stamped))``,
-            the teacher reading each one's clean original (``teacher_images`` of
-            :func:`train_classifier`). A stamped copy then learns what the teacher says of the
-            clean image, soft, instead of the hard true label (the consistency target of
-            TRADES, Zhang et al. 2019); ``0`` (default) is plain cross-entropy.
+            in the ``CE`` term above, their per-image loss is ``(1 - b) * CE + b * T^2 *
+            KL(teacher(original) || model(stamped))``, the teacher reading each one's clean
+            original (``teacher_images`` of :func:`train_classifier`). A stamped copy then
+            learns what the teacher says of the clean image, soft, instead of the hard true
+            label (the consistency target of TRADES, Zhang et al. 2019); ``0`` (default) is
+            plain cross-entropy.
     """
 
     epochs: int = 4

@@ -143,8 +143,8 @@ class SparseConfig:
             unlearning, Wang et al. 2019, with the targets of ``stamped_distill_weight``);
             ``0`` turns it off, and it needs a ``stamp`` in :func:`prune_and_regrow`.
         distill_weight: Weight of distillation from the input model's outputs on the clean
-            fitting images (the stamped copies keep plain cross-entropy), which keeps B's
-            clean behaviour; ``0`` turns it off.
+            fitting images (the stamped copies have their own targets, see
+            ``stamped_distill_weight``), which keeps B's clean behaviour; ``0`` turns it off.
         distill_temperature: Its temperature.
         recalibrate_bn: After each round's training, re-estimate the BatchNorm statistics of
             the live channels on the clean fitting images alone (``update_bn`` of
