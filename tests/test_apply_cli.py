@@ -12,6 +12,7 @@ import torch
 
 from onp.apply import main as apply_main
 from onp.config import parse_config
+from onp.errors import ONPInputError
 from onp.graph.groups import trace_groups
 from onp.graph.mask import masked
 from onp.models.bundle import load_bundle
@@ -158,6 +159,9 @@ def test_the_yaml_defaults_are_the_dataclass_defaults() -> None:
     from_yaml = parse_config(ApplyConfig, ["--config", str(CONFIGS / "apply.yaml")])
     assert from_yaml == ApplyConfig()
     assert parse_config(ApplyConfig, ["--sparsity", "0.2"]).sparse_config.sparsity == 0.2
+    assert parse_config(ApplyConfig, ["--universal-batch-size", "32"]).universal_batch_size == 32
+    with pytest.raises(ONPInputError, match="universal_batch_size"):
+        ApplyConfig(universal_batch_size=0)
 
 
 def test_a_csaw_keras_deepid_gets_an_extra_class_n(tmp_path) -> None:

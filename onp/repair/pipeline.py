@@ -72,6 +72,7 @@ from onp.repair.sparse import (
     prune_and_regrow,
 )
 from onp.repair.unlearn import (
+    FIT_BATCH_SIZE,
     REFRESH_STEPS,
     KnownTriggerStamp,
     SuspectedTriggers,
@@ -180,6 +181,8 @@ class ApplyConfig:
         "steps fitting each universal trigger (perturbation, warp)"))
     refresh_steps: int = field(default=REFRESH_STEPS, metadata=_help(
         "steps re-fitting the universal triggers after each round (0: fixed)"))
+    universal_batch_size: int = field(default=FIT_BATCH_SIZE, metadata=_help(
+        "images per step of every universal-trigger fit (first fit, refreshes, G's probe)"))
     detector_rule: str = field(default=DEFAULT_RULE, metadata=_help(
         "disagree, reject, target, or auto (the best held-in rule, see onp.repair.detector)"))
     detector_threshold: float = field(default=DEFAULT_THRESHOLD, metadata=_help(
@@ -191,11 +194,12 @@ class ApplyConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.perturbation_eps <= 1.0 or self.warp_shift < 0 or min(
-                self.perturbation_steps, self.refresh_steps) < 0:
+                self.perturbation_steps, self.refresh_steps) < 0 or self.universal_batch_size < 1:
             raise ONPInputError(f"apply: perturbation_eps must lie in [0, 1], warp_shift be "
-                                f">= 0 and the step counts >= 0, found {self.perturbation_eps}, "
-                                f"{self.warp_shift}, {self.perturbation_steps}, "
-                                f"{self.refresh_steps}")
+                                f">= 0, the step counts >= 0 and universal_batch_size >= 1, "
+                                f"found {self.perturbation_eps}, {self.warp_shift}, "
+                                f"{self.perturbation_steps}, {self.refresh_steps}, "
+                                f"{self.universal_batch_size}")
         if self.agent_timesteps is not None and self.agent_timesteps < 0:
             raise ONPInputError(f"apply: agent_timesteps must be >= 0, "
                                 f"found {self.agent_timesteps}")
@@ -378,10 +382,11 @@ def suspected_triggers(
     bounds = (("perturbation", config.perturbation_eps), ("warp", config.warp_shift))
     universal: list[UniversalTrigger] = [
         fit_universal(kind, model, others, target, bound, config.perturbation_steps,
-                      seed=config.seed) for kind, bound in bounds if bound > 0]
+                      seed=config.seed, batch_size=config.universal_batch_size)
+        for kind, bound in bounds if bound > 0]
     stamp = SuspectedTriggers(signal.trigger.apply, universal, target, others,
                               config.refresh_steps, config.seed, signal.probe, held.images,
-                              held.labels)
+                              held.labels, config.universal_batch_size)
     probe = stamp.probe()
     assert probe is not None  # the base probe is given
     log.info("apply: suspected triggers reach class %d on %.1f%% of the selection probe",

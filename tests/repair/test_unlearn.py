@@ -126,6 +126,28 @@ def test_a_patch_a_perturbation_and_a_warp_share_a_batch_in_thirds() -> None:
         fit_universal("rotation", model, images, 1, 0.5, 1)
 
 
+def test_every_universal_fit_reads_the_batch_size_it_is_given() -> None:
+    model, _ = _model()
+    sizes: list[int] = []  # the hook's closure survives the fits' deep copy of the model
+    model.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    images = _toy(32, 0).images
+    fit_universal("warp", model, images, 1, 0.5, 3, batch_size=7)
+    assert sizes == [7, 7, 7]
+    sizes.clear()
+    toy = _toy(8, 3)
+    held = toy.subset(toy.labels != 1)
+    stamp = SuspectedTriggers(None, [_additive(torch.zeros(1, *SHAPE))], 1, images,
+                              refresh_steps=2, probe_images=held.images,
+                              probe_labels=held.labels, batch_size=5)
+    stamp.refresh(model)
+    stamp.fresh_probe(model, steps=4)
+    assert sizes == [5] * 6 and stamp.describe()["batch_size"] == 5
+    sizes.clear()
+    SuspectedTriggers(None, [_additive(torch.zeros(1, *SHAPE))], 1, images,
+                      refresh_steps=1).refresh(model)
+    assert sizes == [128]  # the fits' own default
+
+
 def test_a_known_trigger_stamp_puts_the_real_trigger_on() -> None:
     attack = build_attack(AttackConfig("badnets", target=0), SHAPE)
     images = _toy(8, 0).images
