@@ -13,6 +13,7 @@ from onp.eval.metrics import predict
 from onp.graph.mask import full_mask
 from onp.repair.sparse import SparseConfig, prune_and_regrow, round_training_set
 from onp.repair.unlearn import (
+    FIT_BATCH_SIZE,
     KnownTriggerStamp,
     SuspectedTriggers,
     UniversalTrigger,
@@ -145,7 +146,7 @@ def test_every_universal_fit_reads_the_batch_size_it_is_given() -> None:
     sizes.clear()
     SuspectedTriggers(None, [_additive(torch.zeros(1, *SHAPE))], 1, images,
                       refresh_steps=1).refresh(model)
-    assert sizes == [128]  # the fits' own default
+    assert sizes == [FIT_BATCH_SIZE]  # the default
 
 
 def test_a_known_trigger_stamp_puts_the_real_trigger_on() -> None:
