@@ -97,6 +97,7 @@ class GraphFeaturesExtractor(BaseFeaturesExtractor):
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Embed each padded graph of the batch (see the class's ``Shapes:``)."""
         observations = {**observations, "x": standardize_nodes(observations)}
         x, edge_index, edge_attr = unpad_graphs(observations)
         h = self.encode(x)
@@ -111,8 +112,9 @@ class GraphFeaturesExtractor(BaseFeaturesExtractor):
 
 
 class NodeScores(nn.Module):
-    """Action head: one logit per node from its embedding and, through a skip path, its raw
-    features, with shared linear layers.
+    """Action head: one logit per node from its embedding and its raw features.
+
+    Shared linear layers read both; the raw features enter through a skip path.
 
     The skip path lets PPO pick up a single telling feature (such as the trigger response)
     within a few updates, while the GNN part learns what the neighbourhood adds.
@@ -129,6 +131,7 @@ class NodeScores(nn.Module):
         self.skip = nn.Linear(features, 1, bias=False)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """One logit per node (see the class's ``Shapes:``)."""
         split = self.nodes * self.hidden
         per_node = latent[:, :split].view(-1, self.nodes, self.hidden)
         raw = latent[:, split : split + self.nodes * self.features].view(
@@ -150,6 +153,7 @@ class PooledValue(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """The state value from the pooled graph embedding (see the class's ``Shapes:``)."""
         return self.mlp(latent[:, self.start :])
 
 

@@ -59,7 +59,8 @@ def random_mask(groups, count: int, seed: int) -> ChannelMask:
 def row(name: str, seed: str, report: dict, signal_seconds: float) -> dict:
     """One table row from an apply report (percentages; seconds include the shared signal).
 
-    ``G`` is the run's rule; ``G[target]`` the report's scores of the ``target`` rule."""
+    ``G`` is the run's rule; ``G[target]`` the report's scores of the ``target`` rule.
+    """
     test = report["test"]
     g, targeted = test["G"], test["G_rules"].get("target", {})
     return dict(zip(COLUMNS, (

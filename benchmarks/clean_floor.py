@@ -41,8 +41,10 @@ def load_infected(infected: str, dataset: str) -> Subject:
 
 
 def read_on(model: torch.nn.Module, subject: Subject) -> dict:
-    """ASR of ``model`` on ``subject``'s held-out poisoned test set, its sources and the
-    untriggered target rate on ``subject``'s clean test set."""
+    """ASR of ``model`` on ``subject``'s poisoned test set, and the untriggered target rate.
+
+    Returns the ASR, its sources, and the target rate on ``subject``'s clean test set.
+    """
     poisoned = subject.test_poisoned
     predictions = predict(model, poisoned.images)
     eligible = poisoned.true_labels != poisoned.target_labels
@@ -64,8 +66,10 @@ def read_on(model: torch.nn.Module, subject: Subject) -> dict:
 def untriggered_rate(
     model: torch.nn.Module, clean: ImageSet, targets: torch.Tensor
 ) -> float | None:
-    """Percent of ``clean``'s images of other classes that ``model`` calls the target, or
-    ``None`` when the attack has several targets."""
+    """Percent of ``clean``'s images of other classes that ``model`` calls the target.
+
+    ``None`` when the attack has several targets.
+    """
     unique = torch.unique(targets)
     if len(unique) != 1:
         return None

@@ -1,4 +1,6 @@
-"""Environment steps per second on an infected bundle, with a probe cached by train_agent.
+r"""Environment steps per second on an infected bundle, with a probe cached by train_agent.
+
+Example::
 
     python benchmarks/env_speed.py --model runs/bench-attacks/badnets/model \
         --signal-dir runs/bench-agent3 --steps 300

@@ -1,4 +1,4 @@
-"""Compare prune-and-regrow settings on one model from one seed mask (how the defaults were chosen).
+r"""Compare prune-and-regrow settings on one model from one seed mask: how defaults were chosen.
 
 The signal (target, patch) is estimated once; for every settings dict (JSON
 :class:`~onp.repair.pipeline.ApplyConfig` overrides) the suspected triggers are fitted with that
@@ -11,9 +11,9 @@ on the fitting images and read on held-in images. A setting's score is held-in C
 judge's mean; ``--combine`` averages the scores of several models' runs and names the best
 setting. The test columns are printed for the record and must not drive the choice.
 
-    python benchmarks/repair_settings.py --model runs/bench-attacks/badnets/model \\
-        --seed-mask runs/apply-badnets/masks.json \\
-        --settings '[{"perturbation_eps": 0.05}, {"perturbation_eps": 0.2}]' \\
+    python benchmarks/repair_settings.py --model runs/bench-attacks/badnets/model \
+        --seed-mask runs/apply-badnets/masks.json \
+        --settings '[{"perturbation_eps": 0.05}, {"perturbation_eps": 0.2}]' \
         --out runs/repair-settings/badnets
     python benchmarks/repair_settings.py --combine runs/repair-settings/*/repair_settings.json
 """

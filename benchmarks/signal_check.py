@@ -1,10 +1,10 @@
-"""Check the trigger-free backdoor signal on a real infected model.
+r"""Check the trigger-free backdoor signal on a real infected model.
 
 Runs :func:`onp.signal.estimate_probe` on the defense split the model's attacker never saw, and
 writes a JSON with the suspected target against the true one, the proxy ASR of the unpruned
 model against its true ASR on the poisoned test set, and the time taken.
 
-    python benchmarks/signal_check.py --model runs/bench-attacks/badnets/model \\
+    python benchmarks/signal_check.py --model runs/bench-attacks/badnets/model \
         --attack badnets --out runs/signal-check/badnets.json
 """
 

@@ -1,4 +1,4 @@
-"""How often a universal warp of each bound fools each model: the check behind ``WARP_MAX_SHIFT``.
+r"""How often a universal warp of each bound fools each model: the check behind ``WARP_MAX_SHIFT``.
 
 For each bundle the defense set is split as ``onp.apply`` splits it; the fitting part names the
 suspected target by unlearning (trigger-free), a warp towards it is fitted at each ``--bounds``
@@ -7,7 +7,7 @@ classes. No test data is read. A bound is useful when it fools a model with a wa
 and rarely a model without one: a warp that also fools clean features would, once unlearned,
 cost clean accuracy.
 
-    python benchmarks/warp_bound.py runs/bench-fmnist-b/models/badnets-s0/model \\
+    python benchmarks/warp_bound.py runs/bench-fmnist-b/models/badnets-s0/model \
         runs/bench-fmnist/models/wanet-s0/model --bounds 0.5 1 1.5 --out runs/warp-bound.json
 """
 

@@ -97,8 +97,11 @@ class PruningTask:
         return self.groups.num_nodes
 
     def score(self, mask: ChannelMask, with_true_asr: bool = False) -> MaskScore:
-        """Clean accuracy and proxy ASR of the model under ``mask``, and the true ASR when
-        asked for and an evaluation set is attached (a separate, larger forward pass)."""
+        """Clean accuracy and proxy ASR of the model under ``mask``, and maybe the true ASR.
+
+        The true ASR comes when asked for and an evaluation set is attached (a separate, larger
+        forward pass).
+        """
         predictions = self._forward(mask).argmax(1).cpu()
         true_asr = None
         if with_true_asr and self._evaluate is not None and self.evaluation is not None:
@@ -110,8 +113,11 @@ class PruningTask:
         )
 
     def check_score(self, mask: ChannelMask) -> MaskScore:
-        """Clean accuracy and proxy ASR under ``mask`` on the check sets (:meth:`score` when
-        the task has none). Slower than :meth:`score`: meant for a few candidate masks."""
+        """Clean accuracy and proxy ASR under ``mask`` on the check sets.
+
+        :meth:`score` when the task has none. Slower than :meth:`score`: meant for a few
+        candidate masks.
+        """
         if self.check is None:
             return self.score(mask)
         clean, probe = self.check

@@ -78,8 +78,9 @@ def distillation_loss(
     logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
     per_row: bool = False,
 ) -> torch.Tensor:
-    """``T^2 * KL(softmax(teacher / T) || softmax(logits / T))``, averaged over the batch
-    (or one value per row with ``per_row``).
+    """``T^2 * KL(softmax(teacher / T) || softmax(logits / T))``, averaged over the batch.
+
+    With ``per_row``, one value per row.
 
     Shapes:
         logits, teacher_logits: ``[B, K]``; returns a scalar, or ``[B]`` with ``per_row``.
@@ -93,8 +94,10 @@ def distillation_loss(
 
 @contextmanager
 def running_batchnorm(model: nn.Module) -> Iterator[None]:
-    """Within the block, ``model``'s BatchNorm layers in training mode normalise with their
-    running statistics and leave them unchanged (eval mode); everything else keeps its mode."""
+    """Within the block, ``model``'s training BatchNorm layers use and keep their running stats.
+
+    They are put in eval mode and restored after; everything else keeps its mode.
+    """
     switched = [m for m in model.modules()
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
     for module in switched:
@@ -108,8 +111,10 @@ def running_batchnorm(model: nn.Module) -> Iterator[None]:
 
 def _forward(model: nn.Module, x: torch.Tensor, clean: torch.Tensor,
              clean_statistics: bool) -> torch.Tensor:
-    """``model(x)``; with ``clean_statistics`` only the ``clean`` rows reach the BatchNorm
-    batch statistics, the others are normalised with the running ones.
+    """``model(x)``, with BatchNorm batch statistics from the ``clean`` rows only if asked.
+
+    With ``clean_statistics`` only the ``clean`` rows reach the BatchNorm batch statistics; the
+    others are normalised with the running ones.
 
     Shapes:
         x: ``[B, C, H, W]``; clean: ``[B]`` bool; returns ``[B, K]``.
@@ -132,8 +137,9 @@ def _stamped_loss(
     logits: torch.Tensor, labels: torch.Tensor, clean: torch.Tensor, teacher: nn.Module,
     originals: torch.Tensor, settings: TrainSettings,
 ) -> torch.Tensor:
-    """Mean per-row loss: cross-entropy on the clean rows; on the stamped rows cross-entropy
-    mixed with distillation from the teacher's outputs on their clean ``originals``.
+    """Mean per-row loss: cross-entropy on clean rows, mixed with distillation on stamped rows.
+
+    The stamped rows distil the teacher's outputs on their clean ``originals``.
 
     Shapes:
         logits: ``[B, K]``; labels: ``[B]``; clean: ``[B]`` bool; originals: ``[S, C, H, W]``

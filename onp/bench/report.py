@@ -121,8 +121,10 @@ def _mean_der(cells: Sequence[CellResult], attack: str, defense: str) -> float |
 
 
 def summary_lines(config: SuiteConfig, cells: Sequence[CellResult]) -> list[str]:
-    """Mean DER over the attacks per defense (``–`` unless every attack has a finished cell),
-    best first, and the defense with the best mean DER on each attack."""
+    """Mean DER over the attacks per defense, best first, and the best defense per attack.
+
+    A defense's mean is ``–`` unless every attack has a finished cell.
+    """
     per_attack = {d: [_mean_der(cells, a, d) for a in config.attacks] for d in config.defenses}
     means = {d: statistics.mean(v) if None not in v else None for d, v in per_attack.items()}
     order = sorted(config.defenses, key=lambda d: -math.inf if means[d] is None else means[d],

@@ -57,7 +57,7 @@ class Usage:
 
 @contextmanager
 def measure(device: torch.device | None = None) -> Iterator[Usage]:
-    """``with measure(device) as usage:`` times the block and records its peak memory."""
+    """Time the block and record its peak memory in the :class:`Usage` it yields."""
     usage = Usage()
     start_rss = current_rss_bytes()
     peak = [start_rss]

@@ -250,8 +250,9 @@ def collect_cells(config: SuiteConfig) -> list[CellResult]:
 
 
 def run_suite(config: SuiteConfig) -> list[CellResult]:
-    """Every attack x seed x defense of ``config``; writes models and cells under ``config.out``
-    (with ``config.collect_only``, :func:`collect_cells` instead).
+    """Every attack x seed x defense of ``config``; writes models and cells under ``config.out``.
+
+    With ``config.collect_only``, :func:`collect_cells` instead.
 
     Returns:
         One row per cell, with a ``"none"`` reference row per infected model.

@@ -1,5 +1,7 @@
-"""ANP: Adversarial Neuron Pruning (Wu & Wang, "Adversarial Neuron Pruning Purifies Backdoored
-Deep Models", NeurIPS 2021; official code csdongxian/ANP_backdoor).
+"""ANP: Adversarial Neuron Pruning.
+
+Wu & Wang, "Adversarial Neuron Pruning Purifies Backdoored Deep Models", NeurIPS 2021; official
+code csdongxian/ANP_backdoor.
 
 Backdoored networks collapse under small adversarial perturbations of their neurons, and the
 neurons that collapse them are the backdoor's. ANP learns a mask ``m`` in ``[0, 1]`` per neuron

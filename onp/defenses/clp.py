@@ -1,5 +1,7 @@
-"""CLP: Channel Lipschitzness-based Pruning (Zheng, Zhang, Wang, Zhang & Li, "Data-free Backdoor
-Removal based on Channel Lipschitzness", ECCV 2022).
+"""CLP: Channel Lipschitzness-based Pruning.
+
+Zheng, Zhang, Wang, Zhang & Li, "Data-free Backdoor Removal based on Channel Lipschitzness",
+ECCV 2022.
 
 A backdoor channel responds strongly to a small trigger, so its Lipschitz constant is large. For
 output channel ``k`` of a convolution with weight ``W`` (followed by BatchNorm with scale

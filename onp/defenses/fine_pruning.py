@@ -1,5 +1,7 @@
-"""Fine-Pruning (Liu, Dolan-Gavitt & Garg, "Fine-Pruning: Defending Against Backdooring Attacks
-on Deep Neural Networks", RAID 2018).
+"""Fine-Pruning.
+
+Liu, Dolan-Gavitt & Garg, "Fine-Pruning: Defending Against Backdooring Attacks on Deep Neural
+Networks", RAID 2018.
 
 Backdoor neurons stay dormant on clean inputs, so the defense prunes the channels of the last
 convolutional layer in increasing order of their mean activation on clean data, stops when

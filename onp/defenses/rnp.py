@@ -1,5 +1,7 @@
-"""RNP: Reconstructive Neuron Pruning (Li et al., "Reconstructive Neuron Pruning for Backdoor
-Defense", ICML 2023; official code bboylyg/RNP).
+"""RNP: Reconstructive Neuron Pruning.
+
+Li et al., "Reconstructive Neuron Pruning for Backdoor Defense", ICML 2023; official code
+bboylyg/RNP.
 
 Unlearning a backdoored model on clean data (gradient ascent) destroys the clean features first
 and leaves the backdoor; recovering the unlearned model's clean accuracy with a neuron mask alone

@@ -115,8 +115,11 @@ def rule_name(rule: str, threshold: float) -> str:
 def rule_scores(
     table: dict[str, dict[str, float | None]],
 ) -> dict[tuple[str, float], dict[str, float | None]]:
-    """A :func:`rule_table` (or a report's copy of one) keyed by ``(rule, threshold)`` for
-    :func:`~onp.repair.detector.choose_rule`: the :data:`ALTERNATIVE_RULES` it holds."""
+    """A :func:`rule_table` (or a report's copy of one) keyed by ``(rule, threshold)``.
+
+    Keeps the :data:`ALTERNATIVE_RULES` it holds, as :func:`~onp.repair.detector.choose_rule`
+    reads them.
+    """
     return {(r, t): table[rule_name(r, t)] for r, t in ALTERNATIVE_RULES
             if rule_name(r, t) in table}
 
@@ -125,9 +128,12 @@ def rule_table(
     original: nn.Module, repaired: nn.Module, clean: ImageSet | None,
     poisoned: BackdoorProbe | None, chosen: tuple[str, float], targets: Sequence[int] = (),
 ) -> dict[str, dict[str, float | None]]:
-    """G's rates (see :func:`detector_metrics`) under the chosen rule (first) and the
-    :data:`ALTERNATIVE_RULES`, on the given clean and poisoned images; the ``target`` rule
-    with the suspected ``targets``, and only if there are any."""
+    """G's rates (see :func:`detector_metrics`) under each rule, the chosen one first.
+
+    The rules are the chosen one and the :data:`ALTERNATIVE_RULES`, on the given clean and
+    poisoned images; the ``target`` rule with the suspected ``targets``, and only if there are
+    any.
+    """
     logits = [(None if clean is None else _logits(m, clean.images),
                None if poisoned is None else _logits(m, poisoned.images))
               for m in (original, repaired)]
@@ -147,8 +153,7 @@ def rule_table(
 def evaluate_outputs(
     inputs: ApplyInputs, detector: BackdoorDetector
 ) -> dict[str, Any]:
-    """Held-out metrics of B, B' and G (its rule first, then the others), and what could not be
-    measured."""
+    """Held-out metrics of B, B' and G (its rule first), and what could not be measured."""
     result: dict[str, Any] = {"not_measured": _not_measured(inputs)}
     clean, probe = inputs.test_clean, inputs.test_poisoned
     if clean is None and probe is None:
@@ -258,7 +263,8 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Write ``report.json``, ``report.md``, ``masks.json`` and ``plots/`` into ``directory``.
 
-    ``rule_probe`` scores G's rules on held-in data (default: the selection probe)."""
+    ``rule_probe`` scores G's rules on held-in data (default: the selection probe).
+    """
     seed, final = choice.mask, result.mask
     probe = stage.selection_probe
     rule_probe = probe if rule_probe is None else rule_probe

@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def trace_fx(model: nn.Module, fuse_batchnorm: bool = False) -> fx.GraphModule:
-    """``torch.fx`` trace of ``model`` (a copy, with each conv's BatchNorm folded into it when
-    ``fuse_batchnorm``, for eval mode); an untraceable model gets an :class:`ONPInputError`."""
+    """``torch.fx`` trace of a copy of ``model``; an untraceable model gets an ONPInputError.
+
+    With ``fuse_batchnorm`` each conv's BatchNorm is folded into it (for eval mode).
+    """
     try:
         return fuse(model) if fuse_batchnorm else fx.symbolic_trace(model)
     except Exception as error:  # fx raises TraceError, TypeError, ... depending on the code
@@ -91,6 +93,11 @@ class CachedMaskedForward:
 
     @torch.no_grad()
     def __call__(self, mask: ChannelMask) -> torch.Tensor:
+        """Logits under ``mask``, recomputing only from the first node it changes.
+
+        Shapes:
+            mask: ``[num_channels]`` bool; returns ``[B, num_classes]`` for the fixed batch.
+        """
         mask = check_mask(self.groups, mask)
         start = self.first_changed_node(mask)
         # Multiplying by an all-ones factor changes nothing: skip those mask points.

@@ -97,7 +97,7 @@ def apply_mask(model: nn.Module, groups: ChannelGroups, mask: ChannelMask) -> Ma
 
 @contextmanager
 def masked(model: nn.Module, groups: ChannelGroups, mask: ChannelMask) -> Iterator[nn.Module]:
-    """``with masked(model, groups, mask):`` runs ``model`` masked, and unmasked afterwards."""
+    """Run ``model`` masked inside the block, and unmasked afterwards."""
     handle = apply_mask(model, groups, mask)
     try:
         yield model

@@ -96,6 +96,11 @@ class Classifier(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of raw images.
+
+        Shapes:
+            x: ``[B, C, H, W]`` in the input range of :attr:`spec`; returns ``[B, num_classes]``.
+        """
         return self.net(self.preprocess(x))
 
 

@@ -33,4 +33,9 @@ class InputAdapter(nn.Module):
         self.register_buffer("std", std_t.view(1, -1, 1, 1).float(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Scale raw pixels, then standardise each channel.
+
+        Shapes:
+            x: ``[B, C, H, W]`` raw pixels; returns the same shape, normalised.
+        """
         return (x * self.scale - self.mean) / self.std

@@ -99,6 +99,11 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output features.
+
+        Shapes:
+            x: ``[B, C_in, H, W]``; returns ``[B, C_out, H / stride, W / stride]``.
+        """
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
@@ -136,6 +141,11 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of normalised images.
+
+        Shapes:
+            x: ``[B, C, H, W]``; returns ``[B, num_classes]``.
+        """
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         return self.fc(torch.flatten(self.pool(out), 1))
@@ -170,6 +180,11 @@ class PreActBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output features.
+
+        Shapes:
+            x: ``[B, C_in, H, W]``; returns ``[B, C_out, H / stride, W / stride]``.
+        """
         out = F.relu(self.bn1(x))
         shortcut = self.shortcut(out) if self.project else x
         out = self.conv1(out)
@@ -204,6 +219,11 @@ class PreActResNet18(nn.Module):
         self.linear = nn.Linear(planes, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of normalised images.
+
+        Shapes:
+            x: ``[B, C, H, W]``; returns ``[B, num_classes]``.
+        """
         out = self.conv1(x)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = F.relu(self.bn(out))
@@ -254,6 +274,11 @@ class VGGBN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of normalised images.
+
+        Shapes:
+            x: ``[B, C, H, W]``; returns ``[B, num_classes]``.
+        """
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
@@ -292,6 +317,11 @@ class PlainCNN(nn.Module):
         self.fc2 = nn.Linear(4 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of normalised images.
+
+        Shapes:
+            x: ``[B, C, H, W]``; returns ``[B, num_classes]``.
+        """
         return self.fc2(F.relu(self.fc1(torch.flatten(self.features(x), 1))))
 
 
@@ -334,6 +364,11 @@ class DeepID(nn.Module):
         self.output = nn.Linear(160, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of normalised images.
+
+        Shapes:
+            x: ``[B, C, H, W]``; returns ``[B, num_classes]``.
+        """
         x = F.max_pool2d(F.relu(self.conv_1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv_2(x)), 2)
         p3 = F.max_pool2d(F.relu(self.conv_3(x)), 2)

@@ -49,14 +49,19 @@ DETECTOR_VERSION = 1
 
 
 def answering_logits(rule: str, original: torch.Tensor, repaired: torch.Tensor) -> torch.Tensor:
-    """The logits whose class G gives where it does not flag: B''s, but B's under ``target``
-    (its unflagged disagreements are clean images, and B is not pruned)."""
+    """The logits whose class G gives where it does not flag: B''s, but B's under ``target``.
+
+    Under ``target`` the unflagged disagreements are clean images, and B is not pruned.
+    """
     return original if rule == "target" else repaired
 
 
 def check_rule(rule: str, threshold: float, targets: Sequence[int] | None = None) -> None:
-    """Raise :class:`ONPInputError` for an unknown rule, a threshold outside ``(0, 1]``, or the
-    ``target`` rule with no targets (``targets=None``: not known yet, not checked)."""
+    """Raise :class:`ONPInputError` for a rule, threshold or target list G cannot use.
+
+    That is an unknown rule, a threshold outside ``(0, 1]``, or the ``target`` rule with no
+    targets (``targets=None``: not known yet, not checked).
+    """
     if rule not in RULES:
         raise ONPInputError(f"detector rule: expected one of {RULES}, found {rule!r}")
     if not 0.0 < threshold <= 1.0:
@@ -167,6 +172,11 @@ class BackdoorDetector(nn.Module):
         return int(self.original.spec.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """G's outputs: B''s (or B's) class probabilities, or a one-hot alarm on index ``N``.
+
+        Shapes:
+            x: ``[B, C, H, W]`` raw images; returns ``[B, N + 1]``, each row summing to 1.
+        """
         original, repaired = self.original(x), self.repaired(x)
         classes = decide(original, repaired, self.rule, self.threshold, self.targets)
         flagged = classes == self.num_classes

@@ -115,8 +115,10 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ApplyConfig:
-    """Configuration of ``python -m onp.apply`` (YAML keys = flags with ``_``); defaults in
-    ``configs/apply.yaml``."""
+    """Configuration of ``python -m onp.apply``; defaults in ``configs/apply.yaml``.
+
+    YAML keys are the flags with ``_`` for ``-``.
+    """
 
     model: str = field(default="", metadata=_help("bundle dir, Keras .h5 or torch checkpoint"))
     dataset: str | None = field(default=None, metadata=_help(
@@ -435,8 +437,10 @@ def detector_probe(stage: ProbeStage, repaired: Classifier, config: ApplyConfig)
 
 
 def suspected_targets(stage: ProbeStage) -> tuple[int, ...]:
-    """The classes the probe's triggers aim at: the signal's suspected target (or the known
-    attack's targets); G's ``target`` rule watches them."""
+    """The classes the probe's triggers aim at; G's ``target`` rule watches them.
+
+    They are the signal's suspected target, or the known attack's targets.
+    """
     return tuple(int(t) for t in torch.unique(stage.probe.target_labels))
 
 
@@ -444,8 +448,10 @@ def held_in_rule(
     original: Classifier, repaired: Classifier, held_in: ImageSet, probe: BackdoorProbe,
     targets: tuple[int, ...] = (),
 ) -> tuple[str, float]:
-    """G's rule for ``--detector-rule auto``: :func:`choose_rule` over the report's rules,
-    scored on the held-in clean images and ``probe`` (:func:`detector_probe`)."""
+    """G's rule for ``--detector-rule auto``: :func:`choose_rule` over the report's rules.
+
+    The rules are scored on the held-in clean images and ``probe`` (:func:`detector_probe`).
+    """
     table = rule_table(original, repaired, held_in, probe, ALTERNATIVE_RULES[0], targets)
     chosen = choose_rule(rule_scores(table))
     log.info("apply: detector rule %s chosen on held-in data", rule_name(*chosen))

@@ -75,8 +75,10 @@ class Stamp(Protocol):
         ...
 
     def probe(self) -> BackdoorProbe | None:
-        """Held-in images with the stamp as it is now, to score the round (``None``: use the
-        fixed probe)."""
+        """Held-in images with the stamp as it is now, to score the round.
+
+        ``None``: use the fixed probe.
+        """
         ...
 
 PROTECT_ALWAYS = -1
@@ -331,8 +333,7 @@ def first_images(probe: BackdoorProbe, count: int) -> BackdoorProbe:
 def round_training_set(
     fit: ImageSet, stamp: Stamp | None, fraction: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A round's images, labels, augmentable flags and clean originals: ``fit`` plus stamped
-    copies.
+    """A round's images, labels, augmentable flags and originals: ``fit`` and stamped copies.
 
     A random ``fraction`` of the fitting images is added again with the trigger stamped on and
     the true label kept, so that training unlearns the trigger. Stamped copies are not shifted or

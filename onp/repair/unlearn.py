@@ -75,8 +75,10 @@ def fit_universal(
     kind: str, model: nn.Module, images: torch.Tensor, target: int, bound: float, steps: int,
     seed: int = 0, start: UniversalTrigger | None = None, batch_size: int = FIT_BATCH_SIZE,
 ) -> UniversalTrigger:
-    """Fit a trigger of ``kind`` sending ``images`` to ``target`` (``model`` is not modified);
-    ``start`` warm-starts it; each step reads ``batch_size`` images."""
+    """Fit a trigger of ``kind`` sending ``images`` to ``target``; ``model`` is not modified.
+
+    ``start`` warm-starts it; each step reads ``batch_size`` images.
+    """
     if kind not in UNIVERSAL_KINDS:
         raise ValueError(f"fit_universal: kind must be one of {sorted(UNIVERSAL_KINDS)}, "
                          f"found {kind!r}")
@@ -130,8 +132,10 @@ class SuspectedTriggers:
                                                                  probe_labels)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """The images with a suspected trigger each (same shape): consecutive equal parts get
-        the patch, then each universal trigger in turn."""
+        """The images with a suspected trigger each (same shape).
+
+        Consecutive equal parts get the patch, then each universal trigger in turn.
+        """
         stamps = ([self.patch] if self.patch is not None else []) + self.universal
         parts = torch.tensor_split(images, len(stamps))
         return torch.cat([stamp(part) for stamp, part in zip(stamps, parts, strict=True)])
@@ -151,9 +155,11 @@ class SuspectedTriggers:
         return self._probe_with(self.universal)
 
     def fresh_probe(self, model: nn.Module, steps: int) -> BackdoorProbe | None:
-        """The base probe plus the held-in images with universal triggers fitted afresh to
-        ``model``: a reading that training against this stamp's triggers did not shape.
-        ``model`` and this stamp are not modified."""
+        """The base probe plus held-in images with universal triggers fitted afresh to ``model``.
+
+        A reading that training against this stamp's triggers did not shape. ``model`` and this
+        stamp are not modified.
+        """
         fresh = [fit_universal(t.kind, model, self.images, self.target, t.bound, steps,
                                seed=self.seed, batch_size=self.batch_size)
                  for t in self.universal]

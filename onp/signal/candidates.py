@@ -63,8 +63,11 @@ class CandidateReach:
 
 
 def first_vanished(estimate: TargetEstimate, config: SignalConfig) -> tuple[int, ...]:
-    """Classes of the first checkpoint before the deciding one where any class had vanished
-    (count at most ``config.vanish_fraction`` of its count before unlearning), else ``()``."""
+    """Classes that had vanished at the first checkpoint before the deciding one with any.
+
+    A class has vanished when its count is at most ``config.vanish_fraction`` of its count
+    before unlearning; ``()`` when none had.
+    """
     for checkpoint in estimate.history[1:]:
         if checkpoint.step >= estimate.decided_at:
             break
@@ -114,12 +117,19 @@ def arbitrate_target(
     model: nn.Module, fit: ImageSet, held_in: ImageSet, estimate: TargetEstimate,
     config: SignalConfig, seed: int = 0, measure_uncontested: bool = False,
 ) -> tuple[int, list[CandidateReach]]:
-    """The unlearning's target, or, if :func:`contested`, the candidate
-    (:func:`candidate_targets`) that small universal triggers reach most often.
+    """The unlearning's target, or if contested the candidate small triggers reach most often.
 
-    Ties go to the earlier candidate, so the unlearning's own answer wins a tie.
+    A verdict is contested per :func:`contested`; the candidates are
+    :func:`candidate_targets`. Ties go to the earlier candidate, so the unlearning's own answer
+    wins a tie.
 
     Args:
+        model: The suspect model (not modified).
+        fit: Defense images the candidates' universal triggers are fitted on.
+        held_in: Defense images each trigger's reach is read on.
+        estimate: The unlearning's verdict and its history.
+        config: The signal's settings (what makes a verdict contested, the candidates).
+        seed: Seed of the trigger fits.
         measure_uncontested: Fit the candidates of an uncontested verdict too, for the record
             (``benchmarks/signal_targets.py --reach-all``); the verdict still stands.
 
