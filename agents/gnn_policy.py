@@ -27,6 +27,21 @@ from torch_geometric.nn import GATv2Conv
 from torch_geometric.utils import to_undirected
 
 
+def padded_sizes(observation_space: gym.spaces.Space) -> tuple[int, int, int]:
+    """``(max_nodes, num_features, max_edges)`` of a pruning environment's observation space.
+
+    Raises:
+        ValueError: If the space is not a ``Dict`` with a 2-D ``x`` and a 1-D ``edge_attr`` box.
+    """
+    if isinstance(observation_space, gym.spaces.Dict):
+        x, edges = observation_space.get("x"), observation_space.get("edge_attr")
+        if (x is not None and edges is not None and x.shape is not None and len(x.shape) == 2
+                and edges.shape is not None and len(edges.shape) == 1):
+            return int(x.shape[0]), int(x.shape[1]), int(edges.shape[0])
+    raise ValueError("expected a pruning environment's Dict observation space with a 2-D 'x' "
+                     f"and a 1-D 'edge_attr', found {observation_space}")
+
+
 def unpad_graphs(
     observations: dict[str, torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -86,7 +101,7 @@ class GraphFeaturesExtractor(BaseFeaturesExtractor):
         self, observation_space: gym.spaces.Dict, hidden: int = 64, layers: int = 3,
         heads: int = 2,
     ) -> None:
-        nodes, features = observation_space["x"].shape
+        nodes, features, _ = padded_sizes(observation_space)
         super().__init__(observation_space, features_dim=nodes * (hidden + features) + 2 * hidden)
         self.nodes, self.hidden, self.features = nodes, hidden, features
         self.encode = nn.Sequential(nn.Linear(features, hidden), nn.ReLU())
@@ -177,12 +192,13 @@ class GNNMaskablePolicy(MaskableActorCriticPolicy):
         if not isinstance(extractor, GraphFeaturesExtractor):
             raise TypeError("GNNMaskablePolicy needs a GraphFeaturesExtractor")
         sizes = (extractor.nodes, extractor.hidden, extractor.features)
-        self.action_net = NodeScores(*sizes)
-        self.value_net = PooledValue(*sizes)
+        # SB3 annotates both heads as nn.Linear; any module mapping the latent will do.
+        self.action_net = NodeScores(*sizes)  # type: ignore[assignment]
+        self.value_net = PooledValue(*sizes)  # type: ignore[assignment]
         if self.ortho_init:  # SB3's gains: near-uniform first policy, unit-scale values
             self.action_net.apply(partial(self.init_weights, gain=0.01))
             self.value_net.apply(partial(self.init_weights, gain=1.0))
         # The heads changed after SB3 made the optimizer: make it again over all parameters.
-        self.optimizer = self.optimizer_class(
+        self.optimizer = self.optimizer_class(  # type: ignore[call-arg]  # as SB3's own _build
             self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )

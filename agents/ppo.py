@@ -21,7 +21,7 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm.auto import tqdm
 
-from agents.gnn_policy import GNNMaskablePolicy
+from agents.gnn_policy import GNNMaskablePolicy, padded_sizes
 from envs.pruning_env import ChannelPruningEnv
 from onp.errors import ONPInputError
 from onp.graph.mask import ChannelMask
@@ -86,9 +86,9 @@ def save_policy(
 ) -> Path:
     """Write the policy's weights and rebuild spec into ``directory`` (atomically)."""
     env = agent.get_env()
-    max_nodes, num_features = agent.observation_space["x"].shape
-    spec = {"ppo": asdict(config), "max_nodes": int(max_nodes), "num_features": int(num_features),
-            "max_edges": int(agent.observation_space["edge_attr"].shape[0]),
+    max_nodes, num_features, max_edges = padded_sizes(agent.observation_space)
+    spec = {"ppo": asdict(config), "max_nodes": max_nodes, "num_features": num_features,
+            "max_edges": max_edges,
             "num_timesteps": int(agent.num_timesteps if num_timesteps is None else num_timesteps),
             "num_envs": env.num_envs if env else 1}
     directory = Path(directory)
@@ -117,11 +117,11 @@ def read_policy_spec(directory: str | Path) -> dict[str, Any]:
 def load_policy(agent: MaskablePPO, directory: str | Path) -> None:
     """Load saved policy weights into ``agent`` (whose env must have the same padded shapes)."""
     spec = read_policy_spec(directory)
-    shape = agent.observation_space["x"].shape
-    if tuple(shape) != (spec["max_nodes"], spec["num_features"]):
+    shape = padded_sizes(agent.observation_space)[:2]
+    if shape != (spec["max_nodes"], spec["num_features"]):
         raise ONPInputError(
             f"{directory}: the policy was trained for {spec['max_nodes']} nodes with "
-            f"{spec['num_features']} features; this environment has {tuple(shape)}; set "
+            f"{spec['num_features']} features; this environment has {shape}; set "
             f"max_nodes={spec['max_nodes']}"
         )
     missing, unexpected = load_model(agent.policy, str(Path(directory) / POLICY_WEIGHTS),
@@ -139,6 +139,7 @@ def rollout(agent: MaskablePPO, env: ChannelPruningEnv, task: int) -> dict[str, 
         action, _ = agent.predict(obs, action_masks=env.action_masks(), deterministic=True)
         obs, _, terminated, truncated, info = env.step(int(action))
         done = terminated or truncated
+    assert env.last_score is not None  # set by reset and every step
     return {**info, "mask": env.mask.clone(), "utility": env.utility(env.last_score)}
 
 

@@ -98,7 +98,8 @@ class ChannelPruningEnv(gym.Env[ObsDict, np.int64]):
             raise ValueError(f"tasks disagree on the number of node features: {features}")
         self.num_features = features.pop() + 1
         self.action_space = spaces.Discrete(self.max_nodes)
-        self.observation_space = spaces.Dict({
+        # gymnasium's Dict space is not typed by its member spaces; ObsDict describes them.
+        self.observation_space = spaces.Dict({  # type: ignore[assignment]
             "x": spaces.Box(-np.inf, np.inf, (self.max_nodes, self.num_features), np.float32),
             "edge_index": spaces.Box(0, self.max_nodes - 1, (2, self.max_edges), np.int64),
             "edge_attr": spaces.Box(0.0, np.inf, (self.max_edges,), np.float32),

@@ -23,7 +23,7 @@ import torch
 
 from onp.config import parse_config
 from onp.data.arrays import UINT8_MAX
-from onp.data.files import decode_image
+from onp.data.files import ColorMode, decode_image
 from onp.data.hdf5 import to_nchw, to_unit_range
 from onp.errors import ONPInputError
 from onp.repair.detector import load_detector
@@ -68,7 +68,7 @@ def read_inputs(paths: Sequence[str], shape: tuple[int, int, int], scale: float)
                 raise ONPInputError(f"{path}: expected an HDF5 file ({error})") from error
             images = to_unit_range(to_nchw(data, str(path)), scale, str(path))
         else:
-            mode = "L" if channels == 1 else "RGB"
+            mode: ColorMode = "L" if channels == 1 else "RGB"
             array = decode_image(path.read_bytes(), str(path), mode, size=(height, width))
             images = torch.from_numpy(np.array(array)).float()[None] / UINT8_MAX  # a copy
         if tuple(images.shape[1:]) != tuple(shape):

@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from onp.attacks.poison import PoisonedTestSet, make_poisoned_test_set
 from onp.data.registry import load_train_test
 from onp.data.splits import DataSplits, make_splits
@@ -45,7 +47,7 @@ class Subject:
     test_clean: ImageSet
     test_poisoned: PoisonedTestSet | None
 
-    def evaluate(self, model: Classifier | None = None) -> BackdoorMetrics | None:
+    def evaluate(self, model: nn.Module | None = None) -> BackdoorMetrics | None:
         """CA, ASR and RA of ``model`` (default: the subject's) on the held-out test sets."""
         if self.test_poisoned is None:
             return None

@@ -183,7 +183,7 @@ def build_task(
     config = config or TaskConfig()
     model.eval()
     clean = subsample(defense, min(config.clean_batch, len(defense)), seed=seed)
-    groups = trace_groups(model, tuple(defense.meta.image_shape))
+    groups = trace_groups(model, defense.meta.image_shape)
     graph = build_neuron_graph(
         model, groups, clean.images, probe.images, max_in_edges=config.max_in_edges
     )

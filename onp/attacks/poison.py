@@ -228,8 +228,8 @@ def poison_training_set(train: ImageSet, attack: Attack, seed: int = 0) -> Poiso
         rows = (ids == i).nonzero().flatten()
         _apply_rows(trigger.apply, train.images, rows, images, rows)
     start = n
-    for trigger, rows in plan:
-        warp = functools.partial(trigger.noise_warp, generator=generator)
+    for warper, rows in plan:
+        warp = functools.partial(warper.noise_warp, generator=generator)
         _apply_rows(warp, train.images, rows, images, torch.arange(start, start + rows.numel()))
         start += rows.numel()
     labels = train.labels[sources]  # a copy: advanced indexing

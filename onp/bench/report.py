@@ -63,7 +63,7 @@ def csv_row(config: SuiteConfig, cell: CellResult) -> dict[str, Any]:
 
 
 def _percents(values: Iterable[float | None]) -> list[float]:
-    """The known values, in percent (a collected ``"none"`` row has no RA)."""
+    """The known values, in percent (a ``"none"`` row has no RA; finished cells have all)."""
     return [100 * v for v in values if v is not None]
 
 
@@ -100,11 +100,11 @@ def markdown_table(config: SuiteConfig, cells: Sequence[CellResult]) -> str:
             notes = sorted({f"{c.status}: {c.error}"[:120] for c in rows if c.status != OK})
             cuda = [c.peak_cuda_mb for c in done if c.peak_cuda_mb is not None]
             lines.append(
-                f"| {defense} | {mean_std([100 * c.clean_accuracy for c in done])} | "
-                f"{mean_std([100 * c.attack_success_rate for c in done])} | "
+                f"| {defense} | {mean_std(_percents(c.clean_accuracy for c in done))} | "
+                f"{mean_std(_percents(c.attack_success_rate for c in done))} | "
                 f"{mean_std(_percents(c.robust_accuracy for c in done))} | "
-                f"{mean_std([100 * c.der for c in done])} | "
-                f"{mean_std([c.wall_time_s for c in done])} | "
+                f"{mean_std(_percents(c.der for c in done))} | "
+                f"{mean_std([c.wall_time_s for c in done if c.wall_time_s is not None])} | "
                 f"{mean_std([c.peak_rss_mb for c in done if c.peak_rss_mb is not None])} | "
                 f"{mean_std(cuda)} | {len(done)}/{len(rows)} | "
                 f"{'; '.join(n.replace('|', '/') for n in notes)} |"
@@ -115,9 +115,14 @@ def markdown_table(config: SuiteConfig, cells: Sequence[CellResult]) -> str:
 
 def _mean_der(cells: Sequence[CellResult], attack: str, defense: str) -> float | None:
     """Mean DER (%) over the finished seeds of one attack and defense (``None``: none)."""
-    done = [100 * c.der for c in cells
-            if c.attack == attack and c.defense == defense and c.status == OK]
+    done = _percents(c.der for c in cells
+                     if c.attack == attack and c.defense == defense and c.status == OK)
     return statistics.mean(done) if done else None
+
+
+def _or_lowest(value: float | None) -> float:
+    """``value``, with ``None`` ranked below every number."""
+    return -math.inf if value is None else value
 
 
 def summary_lines(config: SuiteConfig, cells: Sequence[CellResult]) -> list[str]:
@@ -126,9 +131,11 @@ def summary_lines(config: SuiteConfig, cells: Sequence[CellResult]) -> list[str]
     A defense's mean is ``–`` unless every attack has a finished cell.
     """
     per_attack = {d: [_mean_der(cells, a, d) for a in config.attacks] for d in config.defenses}
-    means = {d: statistics.mean(v) if None not in v else None for d, v in per_attack.items()}
-    order = sorted(config.defenses, key=lambda d: -math.inf if means[d] is None else means[d],
-                   reverse=True)
+    means: dict[str, float | None] = {}
+    for defense, values in per_attack.items():
+        known = [v for v in values if v is not None]
+        means[defense] = statistics.mean(known) if len(known) == len(values) else None
+    order = sorted(config.defenses, key=lambda d: _or_lowest(means[d]), reverse=True)
     lines = ["## Mean DER over the attacks", "",
              "| defense | mean DER | " + " | ".join(config.attacks) + " |",
              "|---|---|" + "---|" * len(config.attacks)]
@@ -159,12 +166,12 @@ def plot_asr_vs_ca(config: SuiteConfig, cells: Sequence[CellResult], path: Path)
         for j, attack in enumerate(config.attacks):
             points = [c for c in done if c.defense == defense and c.attack == attack]
             if points:
-                ax.scatter([100 * c.clean_accuracy for c in points],
-                           [100 * c.attack_success_rate for c in points],
+                ax.scatter(_percents(c.clean_accuracy for c in points),
+                           _percents(c.attack_success_rate for c in points),
                            color=colors(i % 10), marker=MARKERS[j % len(MARKERS)], alpha=0.8,
                            label=f"{defense} / {attack}")
     if done:  # rates live in [0, 100]; leave a margin so points on the edge stay visible
-        lowest = min(100 * c.clean_accuracy for c in done)
+        lowest = min(_percents(c.clean_accuracy for c in done))
         ax.set_xlim(max(0.0, lowest - 5.0), 101.0)
     ax.set_ylim(-2.0, 102.0)
     ax.set_xlabel("clean accuracy (%)")

@@ -7,7 +7,7 @@ from typing import Literal, NamedTuple, get_args
 import numpy as np
 import torch
 
-from onp.data.types import DatasetMeta, ImageSet
+from onp.data.types import DatasetMeta, ImageSet, image_shape
 from onp.errors import ONPInputError
 
 Split = Literal["train", "test"]
@@ -122,7 +122,7 @@ def float_to_imageset(
     meta = DatasetMeta(
         name=name,
         class_names=tuple(class_names),
-        image_shape=(int(images.shape[1]), int(images.shape[2]), int(images.shape[3])),
+        image_shape=image_shape(images),
         source=source,
     )
     return ImageSet(images, torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)), meta)

@@ -163,8 +163,8 @@ def decode_image(
         ONPInputError: If the bytes are not a decodable image.
     """
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert(mode)
+        with Image.open(io.BytesIO(data)) as opened:
+            img = opened.convert(mode)
             if box is not None:
                 img = img.crop(box)
             if size is not None and img.size != (size[1], size[0]):

@@ -16,6 +16,7 @@ import numpy as np
 from onp.data.arrays import RawImages, Split, check_split, to_imageset
 from onp.data.cache import cache_key, cached_decode
 from onp.data.files import (
+    ColorMode,
     check_image_size,
     decode_image,
     is_image_name,
@@ -68,7 +69,7 @@ def decode_image_folder(
     """
     pattern = folder_pattern(split)
     size = check_image_size(image_size, str(root))
-    mode = "L" if grayscale else "RGB"
+    mode: ColorMode = "L" if grayscale else "RGB"
     decoded: list[tuple[str, str, str, np.ndarray]] = []
     selected = iter_files(root, lambda r: bool(pattern.match(r)) and is_image_name(r))
     for rel, data in progress(selected, desc=f"decoding {root.name} {split}"):

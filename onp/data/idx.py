@@ -7,6 +7,7 @@ then the data. Images are ``idx3`` ``[N, H, W]``, labels ``idx1`` ``[N]``.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -137,7 +138,7 @@ def load_idx(
     root: str | Path,
     split: Split = "train",
     name: str = "mnist",
-    class_names: tuple[str, ...] = tuple(str(i) for i in range(10)),
+    class_names: tuple[str, ...] = tuple(map(str, range(10))),
 ) -> ImageSet:
     """Load an MNIST-format dataset: ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
 
@@ -221,7 +222,7 @@ def download_fashion_mnist(root: str | Path, base_url: str = FASHION_MNIST_URL) 
                 urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp,
                 open(tmp, "wb") as out,
             ):
-                for chunk in iter(lambda r=resp: r.read(_DOWNLOAD_CHUNK), b""):
+                for chunk in iter(functools.partial(resp.read, _DOWNLOAD_CHUNK), b""):
                     out.write(chunk)
             found = file_md5(tmp)
             if found != md5:

@@ -68,6 +68,16 @@ class ImageSet:
         return ImageSet(self.images[index], self.labels[index], self.meta, self.indices[index])
 
 
+def image_shape(images: torch.Tensor) -> tuple[int, int, int]:
+    """``(C, H, W)`` of a batch of images.
+
+    Shapes:
+        images: ``[N, C, H, W]``.
+    """
+    _, channels, height, width = images.shape
+    return int(channels), int(height), int(width)
+
+
 def validate_images(
     images: torch.Tensor, labels: torch.Tensor, meta: DatasetMeta, where: str
 ) -> None:

@@ -127,11 +127,12 @@ class ANP(Defense):
 
     name = "anp"
     settings_type = AnpSettings
+    settings: AnpSettings
 
     def _repair(self, model: nn.Module, defense: ImageSet, seed: int) -> RepairResult:
-        s: AnpSettings = self.settings
+        s = self.settings
         fit, held_in = split_for_selection(defense, seed, s.held_in_fraction)
-        groups = trace_groups(model, tuple(defense.images.shape[1:]))
+        groups = trace_groups(model, defense.meta.image_shape)
         units = mask_units(model, groups, s.granularity)
         values = optimize_mask(model, units, fit, s, seed)
         return RepairResult(model, prune_and_describe(model, units, values, held_in, s, "anp"))

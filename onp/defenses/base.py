@@ -82,8 +82,10 @@ class Defense(ABC):
 
     def describe(self) -> dict[str, Any]:
         """``{"name": ..., "settings": {...}}``, JSON-ready."""
-        settings = asdict(self.settings) if is_dataclass(self.settings) else {}
-        return {"name": self.name, "settings": settings}
+        settings = self.settings
+        if is_dataclass(settings) and not isinstance(settings, type):
+            return {"name": self.name, "settings": asdict(settings)}
+        return {"name": self.name, "settings": {}}
 
     def repair(self, model: nn.Module, defense: ImageSet, seed: int = 0) -> RepairResult:
         """Repair a deep copy of ``model`` using only ``defense``; ``model`` is left untouched.
@@ -168,5 +170,6 @@ def build_defense(name: str, options: Mapping[str, Any] | None = None) -> Defens
     if name not in DEFENSES:
         raise ONPInputError(f"defense {name!r}: expected one of {available_defenses()}")
     cls = DEFENSES[name]
-    settings = config_from_dict(cls.settings_type, dict(options or {}), where=f"defense {name}")
+    settings: Any = config_from_dict(cls.settings_type, dict(options or {}),
+                                     where=f"defense {name}")
     return cls(settings)

@@ -120,10 +120,11 @@ class CLP(Defense):
 
     name = "clp"
     settings_type = ClpSettings
+    settings: ClpSettings
 
     def _repair(self, model: nn.Module, defense: ImageSet, seed: int) -> RepairResult:
-        s: ClpSettings = self.settings
-        bounds = layer_bounds(model, tuple(defense.images.shape[1:]))
+        s = self.settings
+        bounds = layer_bounds(model, defense.meta.image_shape)
         info: dict[str, Any] = {}
         u = s.u
         if s.u_candidates:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from onp.data.types import ImageSet
+from onp.data.types import ImageSet, image_shape
 from onp.defenses import defaults
 from onp.defenses.base import Defense, RepairResult, register_defense
 from onp.defenses.common import (
@@ -87,7 +87,7 @@ def mean_activations(
     """
     if not group.consumers:
         raise ONPInputError(f"channel group {group.index} has no consumer to read activations at")
-    order = forward_order(model, tuple(images.shape[1:]))
+    order = forward_order(model, image_shape(images))
     consumer = max(group.consumers, key=lambda name: order.get(name, -1))
     module = dict(model.named_modules())[consumer]
     total = torch.zeros(group.size, dtype=torch.float64)
@@ -124,11 +124,12 @@ class FinePruning(Defense):
 
     name = "fine-pruning"
     settings_type = FinePruningSettings
+    settings: FinePruningSettings
 
     def _repair(self, model: nn.Module, defense: ImageSet, seed: int) -> RepairResult:
-        s: FinePruningSettings = self.settings
+        s = self.settings
         fit, held_in = split_for_selection(defense, seed, s.held_in_fraction)
-        groups = trace_groups(model, tuple(defense.images.shape[1:]))
+        groups = trace_groups(model, defense.meta.image_shape)
         group = last_conv_group(model, groups)
         activations = mean_activations(model, group, fit.images)
         # Nodes of the group, least active first (Fine-Pruning's pruning order).

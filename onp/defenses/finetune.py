@@ -41,9 +41,10 @@ class Finetune(Defense):
 
     name = "finetune"
     settings_type = FinetuneSettings
+    settings: FinetuneSettings
 
     def _repair(self, model: nn.Module, defense: ImageSet, seed: int) -> RepairResult:
-        s: FinetuneSettings = self.settings
+        s = self.settings
         fit, held_in = split_for_selection(defense, seed, s.held_in_fraction)
         before = held_in_accuracy(model, held_in)
         losses = fine_tune(model, fit, finetune_settings(s.epochs, s.lr, s.augment), seed,

@@ -134,6 +134,7 @@ class ONP(Defense):
 
     name = "onp"
     settings_type = OnpSettings
+    settings: OnpSettings
 
     def _repair(self, model: nn.Module, defense: ImageSet, seed: int) -> RepairResult:
         return run_pipeline(model, defense, seed, dict(self.settings.options))
@@ -145,11 +146,12 @@ class SparseFinePruningRandom(Defense):
 
     name = "sfp-random"
     settings_type = RandomMaskSettings
+    settings: RandomMaskSettings
 
     def _repair(self, model: nn.Module, defense: ImageSet, seed: int) -> RepairResult:
-        s: RandomMaskSettings = self.settings
+        s = self.settings
         load_pipeline()  # skip before tracing when the pipeline is missing
-        groups = trace_groups(model, tuple(defense.images.shape[1:]))
+        groups = trace_groups(model, defense.meta.image_shape)
         mask = random_node_mask(groups, round(s.fraction * groups.num_nodes), seed)
         options = {**PUBLISHED_RECIPE, **s.options}
         result = run_pipeline(model, defense, seed, options, seed_mask=mask)

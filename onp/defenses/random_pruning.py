@@ -68,13 +68,14 @@ class RandomPruning(Defense):
 
     name = "random-pruning"
     settings_type = RandomPruningSettings
+    settings: RandomPruningSettings
 
     def _repair(self, model: nn.Module, defense: ImageSet, seed: int) -> RepairResult:
-        s: RandomPruningSettings = self.settings
+        s = self.settings
         if not 0.0 <= s.fraction < 1.0:
             raise ONPInputError(f"random-pruning: fraction must lie in [0, 1), found {s.fraction}")
         fit, held_in = split_for_selection(defense, seed, s.held_in_fraction)
-        groups = trace_groups(model, tuple(defense.images.shape[1:]))
+        groups = trace_groups(model, defense.meta.image_shape)
         mask = random_node_mask(groups, round(s.fraction * groups.num_nodes), seed)
         pruned = torch.nonzero(~mask).flatten()
         handle = apply_mask(model, groups, mask)

@@ -171,11 +171,12 @@ class RNP(Defense):
 
     name = "rnp"
     settings_type = RnpSettings
+    settings: RnpSettings
 
     def _repair(self, model: nn.Module, defense: ImageSet, seed: int) -> RepairResult:
-        s: RnpSettings = self.settings
+        s = self.settings
         fit, held_in = split_for_selection(defense, seed, s.held_in_fraction)
-        groups = trace_groups(model, tuple(defense.images.shape[1:]))
+        groups = trace_groups(model, defense.meta.image_shape)
         units = mask_units(model, groups, s.granularity)
         unlearned, unlearn_accuracy = unlearn(model, fit, s, seed)
         values, recover_losses = recover_mask(unlearned, units, fit, s, seed)

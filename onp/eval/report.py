@@ -29,6 +29,7 @@ from onp.repair.sparse import held_in_scores
 from onp.signal.probe import UNKNOWN_LABEL, BackdoorProbe
 
 if TYPE_CHECKING:  # the pipeline imports this module
+    from onp.models.bundle import Classifier
     from onp.repair.pipeline import ApplyConfig, ApplyInputs, MaskChoice, ProbeStage
     from onp.repair.sparse import SparseResult
 
@@ -125,7 +126,7 @@ def rule_scores(
 
 
 def rule_table(
-    original: nn.Module, repaired: nn.Module, clean: ImageSet | None,
+    original: Classifier, repaired: Classifier, clean: ImageSet | None,
     poisoned: BackdoorProbe | None, chosen: tuple[str, float], targets: Sequence[int] = (),
 ) -> dict[str, dict[str, float | None]]:
     """G's rates (see :func:`detector_metrics`) under each rule, the chosen one first.
@@ -143,8 +144,9 @@ def rule_table(
         name = rule_name(rule, threshold)
         if name in table or (rule == "target" and not targets):
             continue
-        decided = [None if logits[0][i] is None else
-                   decide(logits[0][i], logits[1][i], rule, threshold, targets) for i in (0, 1)]
+        decided = [None if b is None or b_prime is None else
+                   decide(b, b_prime, rule, threshold, targets)
+                   for b, b_prime in zip(logits[0], logits[1], strict=True)]
         table[name] = detector_metrics(decided[0], None if clean is None else clean.labels,
                                        decided[1], poisoned, n)
     return table
@@ -183,8 +185,8 @@ def save_round_curves_png(result: SparseResult, path: Path, title: str) -> Path:
     rounds = [r.round for r in result.rounds]
     axes.plot(rounds, [r.clean_accuracy for r in result.rounds], "o-", label="held-in CA")
     axes.plot(rounds, [r.proxy_asr for r in result.rounds], "s-", label="proxy ASR (held-in)")
-    true = [r.true_asr for r in result.rounds]
-    if all(t is not None for t in true):
+    true = [r.true_asr for r in result.rounds if r.true_asr is not None]
+    if len(true) == len(rounds):
         axes.plot(rounds, true, "^:", label="true ASR (held-out; plot only)")
     axes.axhline(result.before[0], color="C0", ls="--", lw=0.8, label="B: held-in CA")
     axes.axhline(result.before[1], color="C1", ls="--", lw=0.8, label="B: proxy ASR")

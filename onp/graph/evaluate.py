@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.fx as fx
@@ -29,7 +31,8 @@ def trace_fx(model: nn.Module, fuse_batchnorm: bool = False) -> fx.GraphModule:
     With ``fuse_batchnorm`` each conv's BatchNorm is folded into it (for eval mode).
     """
     try:
-        return fuse(model) if fuse_batchnorm else fx.symbolic_trace(model)
+        # fuse returns the GraphModule it traced; its annotation says nn.Module.
+        return cast(fx.GraphModule, fuse(model)) if fuse_batchnorm else fx.symbolic_trace(model)
     except Exception as error:  # fx raises TraceError, TypeError, ... depending on the code
         raise ONPInputError(
             f"{type(model).__name__}: torch.fx cannot trace this model ({error}); remove "
@@ -56,7 +59,8 @@ class CachedMaskedForward:
     def __init__(self, model: nn.Module, groups: ChannelGroups, inputs: torch.Tensor) -> None:
         model.eval()
         self.graph_module = trace_fx(model, fuse_batchnorm=True).eval()
-        self.graph_module.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format; torch's overloads leave it out.
+        self.graph_module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.groups = groups
         self.nodes = list(self.graph_module.graph.nodes)
         self.modules = dict(self.graph_module.named_modules())
@@ -78,7 +82,7 @@ class CachedMaskedForward:
             dtype=torch.int64,
         )
         self._index = {n: i for i, n in enumerate(self.nodes)}
-        self._values: list[torch.Tensor | None] | None = None
+        self._values: list[Any] | None = None  # each fx node's value, for the cached mask
         self._mask: torch.Tensor | None = None
 
     def first_changed_node(self, mask: torch.Tensor) -> int:
@@ -109,9 +113,10 @@ class CachedMaskedForward:
         return values[-1]
 
     def _run_node(
-        self, node: fx.Node, values: list[torch.Tensor | None], factors: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
-        def load(arg: fx.Node) -> torch.Tensor | None:
+        self, node: fx.Node, values: list[Any], factors: dict[str, torch.Tensor]
+    ) -> Any:
+        """The value of ``node`` (a tensor, or a size or other Python value) from its inputs'."""
+        def load(arg: fx.Node) -> Any:
             return values[self._index[arg]]
 
         args = fx.node.map_arg(node.args, load)
@@ -121,13 +126,14 @@ class CachedMaskedForward:
         if node.op == "get_attr":
             return functools.reduce(getattr, str(node.target).split("."), self.graph_module)
         if node.op == "call_module":
-            out = self.modules[node.target](*args, **kwargs)
-            factor = factors.get(node.target)
+            name = str(node.target)
+            out = self.modules[name](*args, **kwargs)
+            factor = factors.get(name)
             return out if factor is None else scale_channels(out, factor)
         if node.op == "call_function":
-            return node.target(*args, **kwargs)
+            return cast(Callable[..., Any], node.target)(*args, **kwargs)
         if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
+            return getattr(args[0], str(node.target))(*args[1:], **kwargs)
         if node.op == "output":
             return args[0]
         raise ONPInputError(f"fx node {node.name}: unsupported op {node.op!r}")

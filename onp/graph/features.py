@@ -47,6 +47,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -122,7 +123,8 @@ def _output_weight_norms(modules: dict[str, nn.Module], group: ChannelGroup) -> 
     """``[size, 2]`` L1 and L2 norms of each channel's output weights, mean over producers."""
     norms = torch.zeros(group.size, 2, dtype=torch.float64)
     for name in group.producers:
-        weight = modules[name].weight.detach().to("cpu", torch.float64).flatten(1)
+        weight = cast(torch.Tensor, modules[name].weight).detach().to("cpu", torch.float64)
+        weight = weight.flatten(1)
         norms[:, 0] += weight.abs().sum(1)
         norms[:, 1] += weight.pow(2).sum(1).sqrt()
     return norms / len(group.producers)
@@ -130,7 +132,8 @@ def _output_weight_norms(modules: dict[str, nn.Module], group: ChannelGroup) -> 
 
 def _batchnorm_params(modules: dict[str, nn.Module], group: ChannelGroup) -> torch.Tensor | None:
     """``[size, 2]``: mean ``|gamma|`` and ``beta`` over the group's BatchNorms, or ``None``."""
-    norms = [modules[n] for n in group.mask_points if isinstance(modules[n], BATCHNORM_TYPES)]
+    points = (modules[n] for n in group.mask_points)
+    norms = [m for m in points if isinstance(m, BATCHNORM_TYPES)]
     if not norms:
         return None
     params = torch.zeros(group.size, 2, dtype=torch.float64)
@@ -186,9 +189,10 @@ class _Accumulator:
     """Running float64 sums of one module's outputs, fed by a forward hook."""
 
     def __init__(self) -> None:
-        self.sum: torch.Tensor | float = 0.0
-        self.sum_sq: torch.Tensor | float = 0.0
-        self.positive: torch.Tensor | float = 0.0
+        # 0-d float64 zeros broadcast against the first output's [C] sums.
+        self.sum = torch.zeros((), dtype=torch.float64)
+        self.sum_sq = torch.zeros((), dtype=torch.float64)
+        self.positive = torch.zeros((), dtype=torch.float64)
         self.images = 0
         self.elements = 0
 

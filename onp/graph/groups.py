@@ -190,10 +190,10 @@ def trace_groups(
                 f"{type(model).__name__}: could not trace channel dependencies ({error!r}); "
                 "the model must be a plain torch module traceable by autograd"
             ) from error
-        groups = [_group_from_deps(graph, raw, names, order) for raw in raw_groups]
+        found = [_group_from_deps(graph, raw, names, order) for raw in raw_groups]
     finally:
         model.train(was_training)
-    groups = [g for g in groups if g is not None]
+    groups = [g for g in found if g is not None]
     if not groups:
         raise ONPInputError(f"{type(model).__name__}: found no prunable conv or dense channels")
     groups.sort(key=lambda g: g.order)
@@ -202,7 +202,8 @@ def trace_groups(
         for i, g in enumerate(groups)
     ]
     log.info("traced %d channel groups (%d coupled)", len(groups), sum(g.coupled for g in groups))
-    return ChannelGroups(tuple(groups), head, tuple(input_shape))
+    channels, height, width = input_shape
+    return ChannelGroups(tuple(groups), head, (channels, height, width))
 
 
 def _group_from_deps(

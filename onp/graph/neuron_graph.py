@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import cast
 
 import torch
 from torch import nn
@@ -84,7 +85,7 @@ def connection_strength(layer: nn.Module, in_size: int, where: str = "layer") ->
     Raises:
         ONPInputError: If the layer's input size does not fit ``in_size`` channels.
     """
-    weight = layer.weight.detach().to("cpu", torch.float64)
+    weight = cast(torch.Tensor, layer.weight).detach().to("cpu", torch.float64)
     if isinstance(layer, nn.Conv2d):
         if layer.in_channels != in_size:
             raise ONPInputError(
@@ -172,7 +173,7 @@ def neuron_edges(
             continue
         order = sorted(by_source)
         dense = torch.cat([by_source[g] for g in order], dim=1)
-        columns = torch.cat([torch.arange(offsets[g], offsets[g + 1]) for g in order])
+        columns = torch.cat([torch.arange(int(offsets[g]), int(offsets[g + 1])) for g in order])
         edges, strength = _top_edges(dense, columns, int(offsets[target.index]), max_in_edges)
         edge_parts.append(edges)
         strength_parts.append(strength)

@@ -139,9 +139,10 @@ def save_graph_png(
 
     figure = Figure(figsize=GRAPH_FIGSIZE)
     axes = figure.add_subplot()
+    # LineCollection takes an [E, 2, 2] array; its annotation asks for a sequence.
     axes.add_collection(LineCollection(
-        np.stack([positions[edges[0]], positions[edges[1]]], axis=1), colors=rgba,
-        linewidths=EDGE_WIDTH, zorder=1,
+        np.stack([positions[edges[0]], positions[edges[1]]], axis=1),  # type: ignore[arg-type]
+        colors=rgba, linewidths=EDGE_WIDTH, zorder=1,
     ))
     area = float(np.clip(NODE_AREA_BUDGET / groups.num_nodes, *NODE_AREA_RANGE))
     dots = axes.scatter(positions[:, 0], positions[:, 1], c=colors, s=area, cmap=COLORMAP,

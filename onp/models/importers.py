@@ -235,7 +235,8 @@ def resolve_spec(
             f"{where}: the file does not record the input shape; pass input_shape=(C, H, W), "
             f"e.g. (3, 32, 32) for CIFAR-10"
         )
-    input_shape = tuple(int(d) for d in options.input_shape)
+    channels, height, width = (int(d) for d in options.input_shape)  # checked: three sizes
+    input_shape = (channels, height, width)
     arch_options = dict(options.arch_options or {})
     num_classes = options.num_classes
     if num_classes is None:
@@ -264,7 +265,7 @@ def resolve_spec(
     return ModelSpec(
         architecture=architecture,
         num_classes=int(num_classes),
-        input_shape=input_shape,  # type: ignore[arg-type]
+        input_shape=input_shape,
         arch_options=arch_options,
         input_scale=float(options.input_scale) if options.input_scale is not None else 1.0,
         mean=tuple(float(v) for v in options.mean) if options.mean is not None else None,

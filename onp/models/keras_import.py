@@ -280,7 +280,8 @@ def _check_config(config_layers: Sequence[dict[str, Any]], output: str, where: s
     problems = []
     counts: dict[str, int] = {}
     for entry in config_layers:
-        kind, config, name = entry.get("class_name"), entry.get("config", {}), _layer_name(entry)
+        kind, config = entry.get("class_name", ""), entry.get("config", {})
+        name = _layer_name(entry)
         counts[kind] = counts.get(kind, 0) + 1
         if kind not in _DEEPID_CLASSES | _INFERENCE_NOOPS:
             problems.append(f"{name}: layer class {kind} is not part of DeepID")

@@ -32,6 +32,9 @@ class InputAdapter(nn.Module):
         self.register_buffer("mean", mean_t.view(1, -1, 1, 1).float(), persistent=False)
         self.register_buffer("std", std_t.view(1, -1, 1, 1).float(), persistent=False)
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Scale raw pixels, then standardise each channel.
 

@@ -66,14 +66,21 @@ def save_compact(
     return directory
 
 
+def _pair(sizes: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's ``(height, width)`` size attribute, typed as the pair it is."""
+    height, width = sizes
+    return height, width
+
+
 def _resized(module: nn.Module, width: dict[str, int]) -> nn.Module:
     """A fresh layer like ``module`` with the saved widths (weights are loaded afterwards)."""
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
             raise ONPInputError("compact model: grouped convolutions cannot be resized")
-        return nn.Conv2d(width["in"], width["out"], module.kernel_size, module.stride,
-                         module.padding, module.dilation, 1, module.bias is not None,
-                         module.padding_mode)
+        padding = module.padding if isinstance(module.padding, str) else _pair(module.padding)
+        return nn.Conv2d(width["in"], width["out"], _pair(module.kernel_size),
+                         _pair(module.stride), padding, _pair(module.dilation), 1,
+                         module.bias is not None, module.padding_mode)
     if isinstance(module, nn.Linear):
         return nn.Linear(width["in"], width["out"], module.bias is not None)
     if isinstance(module, nn.modules.batchnorm._BatchNorm):

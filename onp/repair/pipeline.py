@@ -327,6 +327,7 @@ def load_inputs(config: ApplyConfig) -> ApplyInputs:
                                config.defense_size, config.split_seed)
         return ApplyInputs(name, subject.model, subject.defense, subject.test_clean,
                            subject.evaluation_probe(), {"dataset": config.dataset})
+    assert config.data is not None  # one of --data and --dataset, checked above
     model = load_model(config.model)
     classes = model.spec.num_classes
     defense = load_array_file(config.data, classes, "--data")
@@ -355,9 +356,9 @@ def make_probe(inputs: ApplyInputs, config: ApplyConfig) -> ProbeStage:
         attack = attack_from_description(inputs.model.spec.attack)
         probe = known_trigger_probe(attack, held_in.images, held_in.labels,
                                     max_images=signal_config.probe_size, seed=config.seed)
-        stamp = KnownTriggerStamp(attack)
+        known = KnownTriggerStamp(attack)
         return ProbeStage(fit, held_in, probe, {"probe": probe.describe(),
-                                                "stamp": stamp.describe()}, stamp)
+                                                "stamp": known.describe()}, known)
     # estimate_probe draws the same split from the same seed: its probe images are held-in.
     result = estimate_probe(inputs.model, inputs.defense, signal_config, config.seed)
     stamp, repair_probe = suspected_triggers(inputs.model, fit, held_in, result, config)

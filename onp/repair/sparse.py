@@ -344,7 +344,7 @@ def round_training_set(
         ``[N + K, C, H, W]`` originals (each image without its stamp).
     """
     count = 0 if stamp is None else int(round(fraction * len(fit)))
-    if count == 0:
+    if stamp is None or count == 0:
         return fit.images, fit.labels, torch.ones(len(fit), dtype=torch.bool), fit.images
     pick = torch.randperm(len(fit), generator=torch.Generator().manual_seed(seed))[:count]
     images = torch.cat([fit.images, stamp(fit.images[pick]).clamp(0.0, 1.0)])
@@ -363,9 +363,12 @@ def held_in_scores(
 
 
 def _bn_buffers(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    return {name: {"mean": m.running_mean.clone(), "var": m.running_var.clone()}
-            for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None}
+    buffers = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            assert m.running_var is not None  # tracked together with running_mean
+            buffers[name] = {"mean": m.running_mean.clone(), "var": m.running_var.clone()}
+    return buffers
 
 
 @torch.no_grad()
