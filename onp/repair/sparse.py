@@ -343,7 +343,7 @@ def round_training_set(
         returns ``[N + K, C, H, W]`` images, ``[N + K]`` labels, ``[N + K]`` bool and
         ``[N + K, C, H, W]`` originals (each image without its stamp).
     """
-    count = 0 if stamp is None else int(round(fraction * len(fit)))
+    count = int(round(fraction * len(fit)))
     if stamp is None or count == 0:
         return fit.images, fit.labels, torch.ones(len(fit), dtype=torch.bool), fit.images
     pick = torch.randperm(len(fit), generator=torch.Generator().manual_seed(seed))[:count]
