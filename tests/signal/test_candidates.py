@@ -21,7 +21,7 @@ def _counted(step: int, counts: tuple[int, ...], shares: tuple[float, ...],
     return UnlearnCheckpoint(step, accuracy, counts, shares)
 
 
-def test_candidates_are_the_named_class_the_runner_up_and_the_first_to_vanish():
+def test_a_vanished_contest_puts_the_first_to_vanish_against_the_named_class():
     # The SIG seed-2 pattern: class 0 vanishes while class 2 already holds 0.2 (above the
     # vanished rule's guard); class 2 then dominates and is named: a contested verdict.
     config = SignalConfig()
@@ -31,8 +31,29 @@ def test_candidates_are_the_named_class_the_runner_up_and_the_first_to_vanish():
     estimate = _estimate(history, "dominance", 4, config)
     assert estimate.targets == (2,)
     assert contested(estimate, config) == "a class vanished before the decision"
-    # Class 3 vanishes only at the deciding checkpoint, after class 0: left out.
-    assert candidate_targets(estimate, config) == (2, 1, 0)
+    # Class 3 vanishes only at the deciding checkpoint, after class 0, and the runner-up 1 was
+    # named by no rule: both left out.
+    assert candidate_targets(estimate, config) == (2, 0)
+
+
+def test_a_victim_that_vanishes_into_the_named_class_is_its_only_rival():
+    # The Blended seed-2 pattern: class 0 collapses, class 3's images go to it and class 3
+    # vanishes a checkpoint before 0 dominates; class 2 is the runner-up at the decision.
+    config = SignalConfig()
+    history = [_counted(0, (40, 40, 40, 40), (0.02, 0.02, 0.02, 0.02)),
+               _counted(2, (70, 40, 50, 0), (0.2, 0.02, 0.1, 0.0)),
+               _counted(4, (110, 20, 30, 0), (0.6, 0.0, 0.12, 0.0), accuracy=0.6)]
+    estimate = _estimate(history, "dominance", 4, config)
+    assert estimate.targets == (0,)
+    assert contested(estimate, config) == "a class vanished before the decision"
+    assert candidate_targets(estimate, config) == (0, 3)
+    # Without the vanished class the verdict is uncontested; measured on request, the
+    # candidates are the named class and the runner-up.
+    history[1] = _counted(2, (70, 40, 50, 20), (0.2, 0.02, 0.1, 0.0))
+    history[2] = _counted(4, (110, 20, 30, 20), (0.6, 0.0, 0.12, 0.0), accuracy=0.6)
+    estimate = _estimate(history, "dominance", 4, config)
+    assert contested(estimate, config) is None
+    assert candidate_targets(estimate, config) == (0, 2)
 
 
 def test_a_clean_collapse_is_not_contested_and_fits_nothing():
