@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 from pathlib import Path
-from statistics import mean
+
+from onp.bench.config import NO_DEFENSE
+from onp.bench.report import mean_percent
+from onp.bench.runner import OK, CellResult
 
 CA_MARGIN = 1.0  # points of CA ONP may trail the best baseline by
 ASR_LIMIT = 2.0  # ONP's ASR ceiling, in %
-NOT_BASELINES = ("none", "onp")
+ONP = "onp"
 
 
 def main() -> None:
@@ -27,35 +29,39 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path, help="results.json of onp.benchmark")
     args = parser.parse_args()
-    cells = [c for c in json.loads(args.results.read_text())["cells"] if c["status"] == "ok"]
-    by_key: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for cell in cells:
-        by_key[cell["attack"], cell["defense"]].append(cell)
-    attacks = list(dict.fromkeys(c["attack"] for c in cells))
+    cells = [CellResult(**c) for c in json.loads(args.results.read_text())["cells"]]
+    done = [c for c in cells if c.status == OK]
+    attacks = list(dict.fromkeys(c.attack for c in done))
+    onp_cells = {a: sorted((c for c in done if c.attack == a and c.defense == ONP),
+                           key=lambda c: c.seed) for a in attacks}
 
-    def average(attack: str, defense: str, field: str) -> float:
-        return 100 * mean(c[field] for c in by_key[attack, defense])
+    def average(attack: str, defense: str, rate: str) -> float:
+        value = mean_percent(done, attack, defense, rate)
+        assert value is not None  # only defenses with finished cells are asked for
+        return value
 
     print("| attack | seeds | ONP CA / ASR | best baseline (by DER) CA / ASR "
           "| ONP CA − baseline CA | bar |\n|---|---|---|---|---|---|")
     for attack in attacks:
-        baselines = {d for a, d in by_key if a == attack and d not in NOT_BASELINES}
-        best = max(sorted(baselines), key=lambda d: average(attack, d, "der"))
-        ca, asr = average(attack, "onp", "clean_accuracy"), average(attack, "onp",
-                                                                     "attack_success_rate")
+        baselines = sorted({c.defense for c in done if c.attack == attack} - {NO_DEFENSE, ONP})
+        best = max(baselines, key=lambda d: average(attack, d, "der"))
+        ca, asr = average(attack, ONP, "clean_accuracy"), average(attack, ONP,
+                                                                  "attack_success_rate")
         best_ca = average(attack, best, "clean_accuracy")
         met = ca >= best_ca - CA_MARGIN and asr <= ASR_LIMIT
-        print(f"| {attack} | {len(by_key[attack, 'onp'])} | {ca:.2f} / {asr:.2f} | {best} "
+        print(f"| {attack} | {len(onp_cells[attack])} | {ca:.2f} / {asr:.2f} | {best} "
               f"{best_ca:.2f} / {average(attack, best, 'attack_success_rate'):.2f} | "
               f"{ca - best_ca:+.2f} | {'met' if met else 'missed'} |")
     print("\n| attack | seed | B CA | ONP CA | ONP CA − (B CA − 1) | ONP ASR |\n"
           "|---|---|---|---|---|---|")
     for attack in attacks:
-        for cell in sorted(by_key[attack, "onp"], key=lambda c: c["seed"]):
-            before, after = 100 * cell["ca_before"], 100 * cell["clean_accuracy"]
-            print(f"| {attack} | {cell['seed']} | {before:.2f} | {after:.2f} | "
+        for cell in onp_cells[attack]:
+            assert cell.ca_before is not None and cell.clean_accuracy is not None
+            assert cell.attack_success_rate is not None  # a finished cell has every rate
+            before, after = 100 * cell.ca_before, 100 * cell.clean_accuracy
+            print(f"| {attack} | {cell.seed} | {before:.2f} | {after:.2f} | "
                   f"{after - (before - CA_MARGIN):+.2f} | "
-                  f"{100 * cell['attack_success_rate']:.2f} |")
+                  f"{100 * cell.attack_success_rate:.2f} |")
 
 
 if __name__ == "__main__":

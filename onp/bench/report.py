@@ -113,9 +113,15 @@ def markdown_table(config: SuiteConfig, cells: Sequence[CellResult]) -> str:
     return "\n".join(lines + summary_lines(config, cells))
 
 
-def _mean_der(cells: Sequence[CellResult], attack: str, defense: str) -> float | None:
-    """Mean DER (%) over the finished seeds of one attack and defense (``None``: none)."""
-    done = _percents(c.der for c in cells
+def mean_percent(
+    cells: Sequence[CellResult], attack: str, defense: str, rate: str = "der"
+) -> float | None:
+    """Mean of one rate over the finished seeds of one attack and defense, in %.
+
+    ``rate`` names a :class:`~onp.bench.runner.CellResult` field (``"der"``,
+    ``"clean_accuracy"``, ...); ``None`` when no seed finished.
+    """
+    done = _percents(getattr(c, rate) for c in cells
                      if c.attack == attack and c.defense == defense and c.status == OK)
     return statistics.mean(done) if done else None
 
@@ -130,7 +136,7 @@ def summary_lines(config: SuiteConfig, cells: Sequence[CellResult]) -> list[str]
 
     A defense's mean is ``–`` unless every attack has a finished cell.
     """
-    per_attack = {d: [_mean_der(cells, a, d) for a in config.attacks] for d in config.defenses}
+    per_attack = {d: [mean_percent(cells, a, d) for a in config.attacks] for d in config.defenses}
     means: dict[str, float | None] = {}
     for defense, values in per_attack.items():
         known = [v for v in values if v is not None]
