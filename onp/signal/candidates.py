@@ -77,9 +77,14 @@ def first_vanished(estimate: TargetEstimate, config: SignalConfig) -> tuple[int,
     return ()
 
 
+def vanished_rivals(estimate: TargetEstimate, config: SignalConfig) -> tuple[int, ...]:
+    """:func:`first_vanished`, unless the vanished rule itself gave the verdict (then ``()``)."""
+    return () if estimate.stop_reason == "vanished" else first_vanished(estimate, config)
+
+
 def contested(estimate: TargetEstimate, config: SignalConfig) -> str | None:
     """Why the unlearning's verdict is contested (see the module docstring), else ``None``."""
-    if estimate.stop_reason != "vanished" and first_vanished(estimate, config):
+    if vanished_rivals(estimate, config):
         return "a class vanished before the decision"
     if estimate.decided.at_floor(config.accuracy_floor):
         return "decided at the accuracy floor"
@@ -89,17 +94,15 @@ def contested(estimate: TargetEstimate, config: SignalConfig) -> str | None:
 def candidate_targets(estimate: TargetEstimate, config: SignalConfig) -> tuple[int, ...]:
     """The named target, then the classes that its contest puts in question.
 
-    When classes vanished before the decision, those are :func:`first_vanished` (the
+    When classes vanished before the decision, those are :func:`vanished_rivals` (the
     clean-label pattern: the target vanished and a look-alike absorbed its images). Otherwise
     (a collapse at the accuracy floor, or an uncontested verdict measured on request) it is the
     runner-up at the deciding checkpoint. The runner-up is no candidate of a vanished contest:
     no rule named it, and the perturbation reaches a look-alike class about as often as the
     target (Blended seed 2: the runner-up 6 at 92.8% against the target 0 at 91.2%).
     """
-    vanished = first_vanished(estimate, config) if estimate.stop_reason != "vanished" else ()
-    if vanished:
-        others: tuple[int, ...] = vanished
-    else:
+    others = vanished_rivals(estimate, config)
+    if not others:
         shares = estimate.decided.shares
         order = sorted(range(len(shares)), key=lambda c: -shares[c])
         others = tuple(c for c in order if c != estimate.target)[:1]
