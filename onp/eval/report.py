@@ -287,7 +287,8 @@ def write_outputs(
                    "seed_channels_in_final": int((~seed & ~final).sum()),
                    "rounds": [r.to_json() for r in result.rounds]},
         "held_in": {"B": _held(result.before), "B + seed mask": _held(result.seeded),
-                    "B'": _held(after)},
+                    ("B' (refit: trained on these images)" if config.refit else "B'"):
+                        _held(after)},
         "G_rules_held_in": held_in_rules,
         **evaluation, "seconds": {**seconds, "total": round(sum(seconds.values()), 1)},
     }

@@ -175,6 +175,9 @@ class ApplyConfig:
     weight_average: float = field(default=0.0, metadata=_help(
         "decay of a moving average of the weights from round 1 on, which scores and gives the"
         " kept round (0: off)"))
+    refit: bool = field(default=False, metadata=_help(
+        "after the round is chosen, retrain up to it on fitting + held-in images (held-in"
+        " scores then no longer measure B')"))
     perturbation_eps: float = field(default=PERTURBATION_EPS, metadata=_help(
         "bound of the suspected universal perturbation (0: patch trigger only)"))
     warp_shift: float = field(default=WARP_MAX_SHIFT, metadata=_help(
@@ -228,7 +231,7 @@ class ApplyConfig:
             distill_weight=self.distill_weight, recalibrate_bn=self.recalibrate_bn,
             clean_bn_statistics=self.clean_bn_statistics,
             stamped_distill_weight=self.stamped_distill_weight,
-            weight_average=self.weight_average)
+            weight_average=self.weight_average, refit=self.refit)
 
 
 @dataclass

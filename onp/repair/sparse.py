@@ -26,6 +26,11 @@ Each round builds its mask from scratch and trains one epoch under it:
 The kept checkpoint is the round with the highest held-in utility ``CA - asr_weight * proxy ASR``
 (the environment's utility), its mask baked into the weights. Test data never enters; a true ASR
 per round is measured only when an evaluation probe is passed, for the plot.
+
+With ``refit`` on, the kept round only fixes how far to go: the rounds up to it are trained
+again from the input model on the fitting and held-in images together, with the first pass's
+masks, learning rates and stamps (the held-in part is spent, so its scores no longer measure
+the result).
 """
 
 from __future__ import annotations
@@ -163,6 +168,10 @@ class SparseConfig:
             :mod:`torch.optim.swa_utils`), started from round 0's result; the rounds are scored,
             their stamp refreshed and the kept checkpoint taken with the average, while
             training goes on from the raw weights. ``0`` turns it off.
+        refit: Once the kept round is chosen, train rounds ``0 .. kept`` again from the input
+            model on the fitting and held-in images together, with the first pass's masks,
+            learning rates and stamps (:func:`refit_rounds`); the rounds' held-in scores are the
+            first pass's. Not with ``weight_average``.
     """
 
     sparsity: float = DEFAULT_SPARSITY
@@ -187,6 +196,7 @@ class SparseConfig:
     clean_bn_statistics: bool = False
     stamped_distill_weight: float = DEFAULT_STAMPED_DISTILL_WEIGHT
     weight_average: float = 0.0
+    refit: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -204,6 +214,8 @@ class SparseConfig:
                             f"{self.stamped_distill_weight}")
         if not 0.0 <= self.weight_average < 1.0:
             problems.append(f"weight_average must lie in [0, 1), found {self.weight_average}")
+        if self.refit and self.weight_average > 0:
+            problems.append("refit does not go with weight_average (it retrains raw weights)")
         if self.lr <= 0:
             problems.append(f"lr must be positive, found {self.lr}")
         if self.importance not in IMPORTANCE_KINDS:
@@ -405,6 +417,61 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: in
     model.eval()
 
 
+def train_round(
+    work: nn.Module, groups: ChannelGroups, mask: ChannelMask, data: ImageSet,
+    stamp: Stamp | None, config: SparseConfig, index: int, seed: int,
+    teacher: nn.Module | None, on_step: Any = None,
+) -> float:
+    """Train ``work`` one epoch under ``mask`` as round ``index`` does; return the mean loss.
+
+    ``data`` plus stamped copies of a share of it (:func:`round_training_set`), at the round's
+    learning rate; pruned channels keep their BatchNorm statistics. ``work``'s mask hook
+    (:func:`~onp.graph.mask.apply_mask`) must already be set to ``mask``.
+    """
+    statistics = _bn_buffers(work)
+    settings = TrainSettings(
+        epochs=1, batch_size=config.batch_size, lr=config.round_lr(index),
+        momentum=config.momentum, weight_decay=config.weight_decay, augment=config.augment,
+        schedule="constant", distill_weight=config.distill_weight,
+        distill_temperature=config.distill_temperature,
+        clean_bn_statistics=config.clean_bn_statistics,
+        stamped_distill_weight=config.stamped_distill_weight)
+    images, labels, augmentable, originals = round_training_set(
+        data, stamp, config.unlearn_fraction, seed + index)
+    loss = train_classifier(
+        work, images, labels, settings, seed=seed + index, augment_mask=augmentable,
+        teacher=teacher, teacher_images=originals, description=f"round {index + 1}",
+        on_step=on_step)[0]
+    if config.recalibrate_bn:
+        recalibrate_batchnorm(work, data.images, config.batch_size)
+    _restore_pruned_statistics(work, groups, mask, statistics)
+    return loss
+
+
+def refit_rounds(
+    model: nn.Module, groups: ChannelGroups, data: ImageSet, masks: list[ChannelMask],
+    stamps: list[Stamp | None], config: SparseConfig, seed: int,
+    teacher: nn.Module | None,
+) -> nn.Module:
+    """Train a copy of ``model`` through the given rounds again, on ``data``.
+
+    Round ``i`` uses ``masks[i]``, ``stamps[i]`` and its learning rate, as in the first pass
+    (:func:`prune_and_regrow` with ``config.refit``). Returns the copy, hooks removed and the
+    mask not baked.
+    """
+    work = copy.deepcopy(model).eval()
+    handle = apply_mask(work, groups, masks[0])
+    try:
+        for index in tqdm(range(len(masks)), desc="refit", unit="round"):
+            handle.update(masks[index])
+            loss = train_round(work, groups, masks[index], data, stamps[index], config, index,
+                               seed, teacher)
+            log.info("repair/refit round %d on %d images: loss %.4f", index, len(data), loss)
+    finally:
+        handle.remove()
+    return work.eval()
+
+
 def prune_and_regrow(
     model: nn.Module,
     groups: ChannelGroups,
@@ -451,6 +518,7 @@ def prune_and_regrow(
     seeded = held_in_scores(work, held_in, probe)
     records: list[RoundRecord] = []
     masks: list[ChannelMask] = []
+    stamps: list[Stamp | None] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     average: AveragedModel | None = None
     previous = seed_mask
@@ -463,28 +531,14 @@ def prune_and_regrow(
             protected = ~seed_mask if config.protects(index) else None
             mask = select_mask(scores, groups, chosen, config.sparsity, protected)
             handle.update(mask)
-            statistics = _bn_buffers(work)
-            settings = TrainSettings(
-                epochs=1, batch_size=config.batch_size, lr=config.round_lr(index),
-                momentum=config.momentum, weight_decay=config.weight_decay,
-                augment=config.augment, schedule="constant",
-                distill_weight=config.distill_weight,
-                distill_temperature=config.distill_temperature,
-                clean_bn_statistics=config.clean_bn_statistics,
-                stamped_distill_weight=config.stamped_distill_weight)
-            images, labels, augmentable, originals = round_training_set(
-                fit, stamp, config.unlearn_fraction, seed + index)
             if config.weight_average > 0 and index == 1:
                 average = AveragedModel(work, use_buffers=True, multi_avg_fn=(
                     get_ema_multi_avg_fn(config.weight_average)))
-            loss = train_classifier(
-                work, images, labels, settings, seed=seed + index, augment_mask=augmentable,
-                teacher=teacher, teacher_images=originals, description=f"round {index + 1}",
-                on_step=None if average is None else partial(average.update_parameters, work),
-            )[0]
-            if config.recalibrate_bn:
-                recalibrate_batchnorm(work, fit.images, config.batch_size)
-            _restore_pruned_statistics(work, groups, mask, statistics)
+            statistics = _bn_buffers(work)
+            stamps.append(copy.copy(stamp))  # as it stamps this round (refresh replaces parts)
+            loss = train_round(
+                work, groups, mask, fit, stamps[-1], config, index, seed, teacher,
+                None if average is None else partial(average.update_parameters, work))
             raw = None
             if average is not None:  # score (and keep) the average; train on from the raw
                 raw = {k: v.detach().clone() for k, v in work.state_dict().items()}
@@ -498,8 +552,9 @@ def prune_and_regrow(
             true_asr = None if curve is None else curve.asr_of(predict(work, curve.images))
             utility = ca - config.asr_weight * asr
             records.append(RoundRecord(
-                index, settings.lr, loss, int((~mask).sum()), int((mask & ~previous).sum()),
-                int((~mask & previous).sum()), ca, asr, utility, true_asr,
+                index, config.round_lr(index), loss, int((~mask).sum()),
+                int((mask & ~previous).sum()), int((~mask & previous).sum()), ca, asr, utility,
+                true_asr,
                 time.perf_counter() - start))
             masks.append(mask)
             previous = mask
@@ -517,6 +572,12 @@ def prune_and_regrow(
     assert best is not None  # rounds >= 1
     _, best_round, state = best
     work.load_state_dict(state)
+    if config.refit:
+        joined = ImageSet(torch.cat([fit.images, held_in.images]),
+                          torch.cat([fit.labels, held_in.labels]), fit.meta,
+                          torch.cat([fit.indices, held_in.indices]))
+        work = refit_rounds(model, groups, joined, masks[:best_round + 1],
+                            stamps[:best_round + 1], config, seed, teacher)
     bake_mask(work, groups, masks[best_round])
     return SparseResult(work.eval(), masks[best_round], best_round, records, masks, before,
                         seeded)

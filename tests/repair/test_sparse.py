@@ -11,7 +11,7 @@ from torch import nn
 from onp.data.types import DatasetMeta, ImageSet
 from onp.errors import ONPInputError
 from onp.graph.groups import trace_groups
-from onp.graph.mask import full_mask, masked
+from onp.graph.mask import bake_mask, full_mask, masked
 from onp.models.bundle import ModelSpec, make_classifier
 from onp.repair.compact import load_compact, save_compact
 from onp.repair.importance import channel_importance
@@ -19,6 +19,7 @@ from onp.repair.sparse import (
     SparseConfig,
     chosen_nodes,
     prune_and_regrow,
+    refit_rounds,
     select_mask,
 )
 from onp.signal.probe import SYNTHESIZED, BackdoorProbe
@@ -222,3 +223,29 @@ def test_weight_average_scores_and_keeps_the_averaged_weights() -> None:
         SparseConfig(weight_average=1.0)
     with pytest.raises(ONPInputError, match="stamped_distill_weight"):
         SparseConfig(stamped_distill_weight=1.5)
+
+
+def test_refit_retraces_the_kept_rounds_on_more_images() -> None:
+    """Refit leaves the first pass (rounds, masks, kept round) as it was. Retracing the kept
+    rounds on the fitting images alone gives the kept checkpoint back exactly; with the held-in
+    images added (what ``refit`` does) the weights differ."""
+    common = dict(sparsity=0.25, rounds=3, batch_size=32, group_kinds=("conv",),
+                  lr_schedule="constant", lr=0.05, distill_weight=0.0,
+                  stamped_distill_weight=0.0)
+    model, groups, plain = _run("plain_cnn", {"width": 4}, SparseConfig(**common))
+    _, _, refit = _run("plain_cnn", {"width": 4}, SparseConfig(**common, refit=True))
+    drop_time = [{k: v for k, v in r.to_json().items() if k != "seconds"} for r in plain.rounds]
+    assert drop_time == [{k: v for k, v in r.to_json().items() if k != "seconds"}
+                         for r in refit.rounds]
+    assert refit.best_round == plain.best_round
+    assert all(torch.equal(a, b) for a, b in zip(plain.masks, refit.masks, strict=True))
+    kept = plain.best_round + 1
+    again = refit_rounds(model, groups, _toy(96, 1), plain.masks[:kept], [None] * kept,
+                         SparseConfig(**common), 0, None)
+    bake_mask(again, groups, plain.mask)
+    for key, value in plain.model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[key], value)
+    assert any(not torch.equal(value, refit.model.state_dict()[key])
+               for key, value in plain.model.state_dict().items() if value.is_floating_point())
+    with pytest.raises(ONPInputError, match="refit"):
+        SparseConfig(refit=True, weight_average=0.9)
