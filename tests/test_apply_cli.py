@@ -57,6 +57,9 @@ def test_apply_writes_b_prime_g_compact_copy_report_and_plots(applied) -> None:
     assert report["not_measured"] == []
     assert report["mask"]["source"].startswith("trained")
     assert len(report["sparse"]["rounds"]) == 2
+    # refit (the default) retrained B' on the held-in images: its held-in row says so
+    assert report["sparse"]["config"]["refit"] is True
+    assert "B' (refit: trained on these images)" in report["held_in"]
     assert set(report["seconds"]) >= {"signal", "mask", "repair", "evaluate", "save", "total"}
     g = report["test"]["G"]
     assert g == report["test"]["G_rules"]["disagree"]
@@ -99,7 +102,8 @@ def test_a_trained_policy_is_applied_as_is(infected_run, tiny_data, tmp_path) ->
                              "--probe-batch", "32", "--out", str(agent)]) == 0
     out = tmp_path / "apply"
     args = _subject_args(infected_run, tiny_data) + _tiny(out, "--policy", str(agent / "policy"),
-                                                          "--detector-rule", "auto")
+                                                          "--detector-rule", "auto",
+                                                          "--refit", "false")
     args.remove("--agent-timesteps")
     args.remove("16")
     assert apply_main(args) == 0
@@ -162,6 +166,8 @@ def test_the_yaml_defaults_are_the_dataclass_defaults() -> None:
     assert parse_config(ApplyConfig, ["--universal-batch-size", "32"]).universal_batch_size == 32
     with pytest.raises(ONPInputError, match="universal_batch_size"):
         ApplyConfig(universal_batch_size=0)
+    with pytest.raises(ONPInputError, match="--refit false"):  # auto reads held-in images
+        ApplyConfig(detector_rule="auto")
 
 
 def test_a_csaw_keras_deepid_gets_an_extra_class_n(tmp_path) -> None:

@@ -56,9 +56,10 @@ class OnpSettings:
     options: dict = field(default_factory=dict)
 
 
-PUBLISHED_RECIPE = {"unlearn_fraction": 0.0, "distill_weight": 0.0}
-"""ApplyConfig values that turn ONP's additions (trigger unlearning, distillation from B) off,
-leaving the published sparse fine-pruning recipe; ``sfp-random`` starts from these."""
+PUBLISHED_RECIPE = {"unlearn_fraction": 0.0, "distill_weight": 0.0, "refit": False}
+"""ApplyConfig values that turn ONP's additions (trigger unlearning, distillation from B, the
+refit on held-in images) off, leaving the published sparse fine-pruning recipe; ``sfp-random``
+starts from these."""
 
 
 @dataclass(frozen=True)

@@ -236,7 +236,9 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines += ["## Defense data (what every choice was made on)", "",
               "| model | held-in CA % | proxy ASR % |", "|---|---|---|"]
     lines += [_row([k, v["clean_accuracy"], v["proxy_asr"]]) for k, v in held.items()]
-    lines += ["", "G's rules on held-in clean images and the probe (synthesized trigger):", "",
+    refit = report["sparse"]["config"].get("refit", False)
+    lines += ["", "G's rules on held-in clean images and the probe (synthesized trigger)"
+              + (", B' refit on those images:" if refit else ":"), "",
               "| rule | clean: right class % | clean: false alarm % | probe: flagged % "
               "| probe: flagged or true class % |", "|---|---|---|---|---|"]
     lines += [_row([k, g["clean_accuracy"], g["false_alarm"], g["detection"],

@@ -175,7 +175,7 @@ class ApplyConfig:
     weight_average: float = field(default=0.0, metadata=_help(
         "decay of a moving average of the weights from round 1 on, which scores and gives the"
         " kept round (0: off)"))
-    refit: bool = field(default=False, metadata=_help(
+    refit: bool = field(default=True, metadata=_help(
         "after the round is chosen, retrain up to it on fitting + held-in images (held-in"
         " scores then no longer measure B')"))
     perturbation_eps: float = field(default=PERTURBATION_EPS, metadata=_help(
@@ -211,6 +211,9 @@ class ApplyConfig:
         self.sparse_config  # noqa: B018 -- validates the fine-tuning settings early
         if self.detector_rule != AUTO_RULE:
             check_rule(self.detector_rule, self.detector_threshold)
+        elif self.refit:
+            raise ONPInputError("apply: --detector-rule auto chooses G's rule on the held-in "
+                                "images, which --refit trains B' on; pass --refit false with it")
 
     @property
     def resolved_agent_timesteps(self) -> int:
