@@ -44,6 +44,7 @@ def _fake_pipeline(calls: list[dict]) -> types.ModuleType:
         rounds: int = 10
         unlearn_fraction: float = 0.2
         distill_weight: float = 0.25
+        refit: bool = True
         extra: dict = field(default_factory=dict)
 
     @dataclass
@@ -88,8 +89,9 @@ def test_the_pipeline_gets_the_defense_data_only_and_b_prime_is_read_back(
     mask, config = calls[-1]["mask"], calls[-1]["config"]
     groups = trace_groups(model, (1, 12, 12))
     assert int((~mask).sum()) == round(0.25 * groups.num_nodes) == result.info["mask"]["pruned"]
-    # a suite's shortening keeps the published recipe: no unlearning, no distillation
+    # a suite's shortening keeps the published recipe: no unlearning, no distillation, no refit
     assert config.rounds == 3 and config.unlearn_fraction == 0.0 and config.distill_weight == 0.0
+    assert config.refit is False
     assert all(bool(keep.any()) for keep in groups.split(mask))  # no group cut entirely
 
 
