@@ -39,6 +39,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Any, Protocol
@@ -420,7 +421,7 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: in
 def train_round(
     work: nn.Module, groups: ChannelGroups, mask: ChannelMask, data: ImageSet,
     stamp: Stamp | None, config: SparseConfig, index: int, seed: int,
-    teacher: nn.Module | None, on_step: Any = None,
+    teacher: nn.Module | None, on_step: Callable[[], None] | None = None,
 ) -> float:
     """Train ``work`` one epoch under ``mask`` as round ``index`` does; return the mean loss.
 
@@ -534,7 +535,8 @@ def prune_and_regrow(
             if config.weight_average > 0 and index == 1:
                 average = AveragedModel(work, use_buffers=True, multi_avg_fn=(
                     get_ema_multi_avg_fn(config.weight_average)))
-            statistics = _bn_buffers(work)
+            # train_round keeps pruned channels' statistics; the average needs them once more
+            statistics = None if average is None else _bn_buffers(work)
             stamps.append(copy.copy(stamp))  # as it stamps this round (refresh replaces parts)
             loss = train_round(
                 work, groups, mask, fit, stamps[-1], config, index, seed, teacher,
@@ -543,6 +545,7 @@ def prune_and_regrow(
             if average is not None:  # score (and keep) the average; train on from the raw
                 raw = {k: v.detach().clone() for k, v in work.state_dict().items()}
                 work.load_state_dict(average.module.state_dict())
+                assert statistics is not None  # taken whenever there is an average
                 _restore_pruned_statistics(work, groups, mask, statistics)
             scored_with = probe
             if stamp is not None and config.unlearn_fraction > 0:
