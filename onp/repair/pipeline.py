@@ -178,6 +178,8 @@ class ApplyConfig:
     refit: bool = field(default=True, metadata=_help(
         "after the round is chosen, retrain up to it on fitting + held-in images (held-in"
         " scores then no longer measure B')"))
+    refit_anneal: bool = field(default=False, metadata=_help(
+        "the refit's cosine learning rate decays over the kept rounds alone (ends near 0)"))
     perturbation_eps: float = field(default=PERTURBATION_EPS, metadata=_help(
         "bound of the suspected universal perturbation (0: patch trigger only)"))
     warp_shift: float = field(default=WARP_MAX_SHIFT, metadata=_help(
@@ -234,7 +236,8 @@ class ApplyConfig:
             distill_weight=self.distill_weight, recalibrate_bn=self.recalibrate_bn,
             clean_bn_statistics=self.clean_bn_statistics,
             stamped_distill_weight=self.stamped_distill_weight,
-            weight_average=self.weight_average, refit=self.refit)
+            weight_average=self.weight_average, refit=self.refit,
+            refit_anneal=self.refit_anneal)
 
 
 @dataclass

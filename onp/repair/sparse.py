@@ -173,6 +173,9 @@ class SparseConfig:
             model on the fitting and held-in images together, with the first pass's masks,
             learning rates and stamps (:func:`refit_rounds`); the rounds' held-in scores are the
             first pass's. Not with ``weight_average``.
+        refit_anneal: With ``refit`` and the cosine schedule, the refit's learning rates decay
+            over the rounds it trains (``0 .. kept``) instead of over all ``rounds``, so that
+            they end near 0 at the kept round rather than where the first pass stopped.
     """
 
     sparsity: float = DEFAULT_SPARSITY
@@ -198,6 +201,7 @@ class SparseConfig:
     stamped_distill_weight: float = DEFAULT_STAMPED_DISTILL_WEIGHT
     weight_average: float = 0.0
     refit: bool = False
+    refit_anneal: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -215,8 +219,7 @@ class SparseConfig:
                             f"{self.stamped_distill_weight}")
         if not 0.0 <= self.weight_average < 1.0:
             problems.append(f"weight_average must lie in [0, 1), found {self.weight_average}")
-        if self.refit and self.weight_average > 0:
-            problems.append("refit does not go with weight_average (it retrains raw weights)")
+        problems += self._refit_problems()
         if self.lr <= 0:
             problems.append(f"lr must be positive, found {self.lr}")
         if self.importance not in IMPORTANCE_KINDS:
@@ -232,6 +235,14 @@ class SparseConfig:
             problems.append("protect_rounds must be -1 (always) or at least 1")
         if problems:
             raise ONPInputError("sparse fine-tuning config: " + "; ".join(problems))
+
+    def _refit_problems(self) -> list[str]:
+        problems = []
+        if self.refit and self.weight_average > 0:
+            problems.append("refit does not go with weight_average (it retrains raw weights)")
+        if self.refit_anneal and not (self.refit and self.lr_schedule == "cosine"):
+            problems.append("refit_anneal needs refit and the cosine lr_schedule")
+        return problems
 
     def round_lr(self, index: int) -> float:
         """Learning rate of round ``index`` (``0 .. rounds - 1``)."""
@@ -457,9 +468,11 @@ def refit_rounds(
     """Train a copy of ``model`` through the given rounds again, on ``data``.
 
     Round ``i`` uses ``masks[i]``, ``stamps[i]`` and its learning rate, as in the first pass
-    (:func:`prune_and_regrow` with ``config.refit``). Returns the copy, hooks removed and the
-    mask not baked.
+    (:func:`prune_and_regrow` with ``config.refit``), or with ``config.refit_anneal`` a cosine
+    decay over the given rounds alone. Returns the copy, hooks removed and the mask not baked.
     """
+    if config.refit_anneal:
+        config = replace(config, rounds=len(masks))  # the cosine ends at the last given round
     work = copy.deepcopy(model).eval()
     handle = apply_mask(work, groups, masks[0])
     try:

@@ -249,3 +249,29 @@ def test_refit_retraces_the_kept_rounds_on_more_images() -> None:
                for key, value in plain.model.state_dict().items() if value.is_floating_point())
     with pytest.raises(ONPInputError, match="refit"):
         SparseConfig(refit=True, weight_average=0.9)
+
+
+def test_refit_anneal_ends_the_cosine_at_the_kept_round() -> None:
+    """With ``refit_anneal`` the refit of 2 kept rounds out of 4 trains like a 2-round cosine
+    schedule, and not like the first pass's 4-round one."""
+    common = dict(sparsity=0.25, batch_size=32, group_kinds=("conv",), lr=0.05,
+                  distill_weight=0.0, stamped_distill_weight=0.0)
+    model, groups = _model("plain_cnn", {"width": 4})
+    masks = [full_mask(groups)] * 2
+    data = _toy(96, 1)
+
+    def retrace(config: SparseConfig) -> dict[str, torch.Tensor]:
+        return refit_rounds(model, groups, data, masks, [None, None], config, 0,
+                            None).state_dict()
+
+    annealed = retrace(SparseConfig(**common, rounds=4, refit=True, refit_anneal=True))
+    two_rounds = retrace(SparseConfig(**common, rounds=2))
+    first_pass = retrace(SparseConfig(**common, rounds=4, refit=True))
+    for key, value in two_rounds.items():
+        torch.testing.assert_close(annealed[key], value)
+    assert any(not torch.equal(value, first_pass[key])
+               for key, value in annealed.items() if value.is_floating_point())
+    with pytest.raises(ONPInputError, match="refit_anneal"):
+        SparseConfig(refit_anneal=True)
+    with pytest.raises(ONPInputError, match="refit_anneal"):
+        SparseConfig(refit=True, refit_anneal=True, lr_schedule="constant")
