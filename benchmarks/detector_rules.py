@@ -30,6 +30,9 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for path in args.reports:
         report = json.loads(path.read_text())
+        if report.get("G_rules_held_in") is None:  # refit runs: B' trained on the held-in data
+            print(f"| {path.parent} | no held-in rule scores (refit) | | | |")
+            continue
         chosen = choose_rule(rule_scores(report["G_rules_held_in"]))  # older reports lack some
         default = rule_name(DEFAULT_RULE, DEFAULT_THRESHOLD)
         for label, name in ((f"default ({default})", default),

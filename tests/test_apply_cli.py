@@ -68,7 +68,10 @@ def test_apply_writes_b_prime_g_compact_copy_report_and_plots(applied) -> None:
     # G watches the probe's suspected targets, and the report scores the "target" rule with them.
     saved = json.loads((applied / "detector" / "detector.json").read_text())
     assert saved["targets"] == sorted(int(t) for t in report["probe"]["targets"])
-    assert "target" in report["G_rules_held_in"] and "target" in report["test"]["G_rules"]
+    assert "target" in report["test"]["G_rules"]
+    # refit trained B' on the held-in images: G's rules are not scored there, and it says so
+    assert report["G_rules_held_in"] is None and report["data"]["detector_probe"] is None
+    assert "not scored on held-in data: B' was refit" in (applied / "report.md").read_text()
     masks = json.loads((applied / "masks.json").read_text())
     assert set(masks["seed_pruned"]) <= set(masks["final_pruned"])  # the seed stays pruned
 
@@ -110,6 +113,7 @@ def test_a_trained_policy_is_applied_as_is(infected_run, tiny_data, tmp_path) ->
     report = json.loads((out / "report.json").read_text())
     assert report["mask"]["source"].startswith("policy") and report["mask"]["timesteps"] == 0
     # auto: G's rule is the one choose_rule picks from the held-in scores in the report
+    assert "target" in report["G_rules_held_in"]  # without refit they are scored, all rules
     held_in = {(n.split("@")[0], float(n.split("@")[1]) if "@" in n else 1.0): g
                for n, g in report["G_rules_held_in"].items()}
     saved = json.loads((out / "detector" / "detector.json").read_text())

@@ -125,19 +125,32 @@ def rule_scores(
             if rule_name(r, t) in table}
 
 
+Logits = tuple[torch.Tensor | None, torch.Tensor | None]
+"""One model's logits on the clean images and on the poisoned ones (``None``: no such images)."""
+
+
+def model_logits(
+    model: nn.Module, clean: ImageSet | None, poisoned: BackdoorProbe | None
+) -> Logits:
+    """``model``'s :data:`Logits` on ``clean`` and ``poisoned``."""
+    return (None if clean is None else _logits(model, clean.images),
+            None if poisoned is None else _logits(model, poisoned.images))
+
+
 def rule_table(
     original: Classifier, repaired: Classifier, clean: ImageSet | None,
     poisoned: BackdoorProbe | None, chosen: tuple[str, float], targets: Sequence[int] = (),
+    logits: tuple[Logits, Logits] | None = None,
 ) -> dict[str, dict[str, float | None]]:
     """G's rates (see :func:`detector_metrics`) under each rule, the chosen one first.
 
     The rules are the chosen one and the :data:`ALTERNATIVE_RULES`, on the given clean and
     poisoned images; the ``target`` rule with the suspected ``targets``, and only if there are
-    any.
+    any. ``logits`` are B's and B''s on those images when already computed.
     """
-    logits = [(None if clean is None else _logits(m, clean.images),
-               None if poisoned is None else _logits(m, poisoned.images))
-              for m in (original, repaired)]
+    if logits is None:
+        logits = (model_logits(original, clean, poisoned),
+                  model_logits(repaired, clean, poisoned))
     n = int(original.spec.num_classes)
     table: dict[str, dict[str, float | None]] = {}
     for rule, threshold in (chosen, *ALTERNATIVE_RULES):
@@ -161,16 +174,17 @@ def evaluate_outputs(
     if clean is None and probe is None:
         return result
     test: dict[str, Any] = {}
-    for key, model in (("B", detector.original), ("B'", detector.repaired)):
-        on_clean = None if clean is None else (_logits(model, clean.images), clean.labels)
-        test[key] = _model_metrics(on_clean, None if probe is None else
-                                   _logits(model, probe.images), probe)
+    logits = (model_logits(detector.original, clean, probe),
+              model_logits(detector.repaired, clean, probe))
+    for key, (on_clean, on_probe) in zip(("B", "B'"), logits, strict=True):
+        test[key] = _model_metrics(None if clean is None or on_clean is None else
+                                   (on_clean, clean.labels), on_probe, probe)
     before, after = test["B"], test["B'"]
     if None not in (before["CA"], before["ASR"], after["CA"], after["ASR"]):
         test["DER"] = round(100 * defense_effectiveness_rating(
             before["CA"] / 100, before["ASR"] / 100, after["CA"] / 100, after["ASR"] / 100), 2)
     rules = rule_table(detector.original, detector.repaired, clean, probe,
-                       (detector.rule, detector.threshold), detector.targets)
+                       (detector.rule, detector.threshold), detector.targets, logits)
     test["G"] = rules[rule_name(detector.rule, detector.threshold)]
     test["G_rules"] = rules
     result["test"] = test
@@ -236,13 +250,15 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines += ["## Defense data (what every choice was made on)", "",
               "| model | held-in CA % | proxy ASR % |", "|---|---|---|"]
     lines += [_row([k, v["clean_accuracy"], v["proxy_asr"]]) for k, v in held.items()]
-    refit = report["sparse"]["config"].get("refit", False)
-    lines += ["", "G's rules on held-in clean images and the probe (synthesized trigger)"
-              + (", B' refit on those images:" if refit else ":"), "",
-              "| rule | clean: right class % | clean: false alarm % | probe: flagged % "
-              "| probe: flagged or true class % |", "|---|---|---|---|---|"]
-    lines += [_row([k, g["clean_accuracy"], g["false_alarm"], g["detection"],
-                    g["flagged_or_true"]]) for k, g in report["G_rules_held_in"].items()]
+    if report["G_rules_held_in"] is None:
+        lines += ["", "G's rules are not scored on held-in data: B' was refit on those images "
+                  "(`--refit false` scores them)."]
+    else:
+        lines += ["", "G's rules on held-in clean images and the probe (synthesized trigger):", "",
+                  "| rule | clean: right class % | clean: false alarm % | probe: flagged % "
+                  "| probe: flagged or true class % |", "|---|---|---|---|---|"]
+        lines += [_row([k, g["clean_accuracy"], g["false_alarm"], g["detection"],
+                        g["flagged_or_true"]]) for k, g in report["G_rules_held_in"].items()]
     lines += ["", f"## Rounds (kept: round {report['sparse']['best_round']})", "",
               "| round | lr | pruned | regrown | held-in CA % | proxy ASR % | utility % "
               "| true ASR % (plot only) |",
@@ -267,20 +283,25 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Write ``report.json``, ``report.md``, ``masks.json`` and ``plots/`` into ``directory``.
 
-    ``rule_probe`` scores G's rules on held-in data (default: the selection probe).
+    ``rule_probe`` scores G's rules on held-in data (default: the selection probe). With
+    ``config.refit`` they are not scored: B' trained on the held-in images.
     """
     seed, final = choice.mask, result.mask
     probe = stage.selection_probe
     rule_probe = probe if rule_probe is None else rule_probe
     after = held_in_scores(detector.repaired, stage.held_in, probe)
-    held_in_rules = rule_table(detector.original, detector.repaired, stage.held_in, rule_probe,
-                               (detector.rule, detector.threshold), detector.targets)
+    held_in_rules = None
+    if not config.refit:
+        held_in_rules = rule_table(detector.original, detector.repaired, stage.held_in,
+                                   rule_probe, (detector.rule, detector.threshold),
+                                   detector.targets)
     report: dict[str, Any] = {
         "name": inputs.name, "model": config.model, "num_classes": inputs.model.spec.num_classes,
         "sources": inputs.sources, "probe": stage.probe.describe(), "signal": stage.record,
         "data": {"defense": len(inputs.defense), "fit": len(stage.fit),
                  "held_in": len(stage.held_in), "probe": len(stage.probe),
-                 "selection_probe": len(probe), "detector_probe": len(rule_probe)},
+                 "selection_probe": len(probe),
+                 "detector_probe": None if held_in_rules is None else len(rule_probe)},
         "mask": {"source": choice.source, "timesteps": choice.timesteps,
                  "utility": choice.utility, "pruned": int((~seed).sum()),
                  "num_nodes": groups.num_nodes},

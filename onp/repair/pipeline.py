@@ -512,9 +512,11 @@ def run_apply(
                                   config.seed, inputs.test_poisoned, stage.stamp)
         repaired = repaired_classifier(result, inputs.model, inputs.name)
         rule = (config.detector_rule, config.detector_threshold)
-        rule_probe = detector_probe(stage, repaired, config)
+        # G's rules are scored on held-in data only without refit (refit trains on it)
+        rule_probe = None if config.refit else detector_probe(stage, repaired, config)
         targets = suspected_targets(stage)
         if config.detector_rule == AUTO_RULE:
+            assert rule_probe is not None  # auto goes without refit (ApplyConfig)
             rule = held_in_rule(inputs.model, repaired, stage.held_in, rule_probe, targets)
         detector = BackdoorDetector(inputs.model, repaired, *rule, targets=targets)
     with timer.stage("evaluate"):
