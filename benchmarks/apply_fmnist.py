@@ -14,9 +14,11 @@ unless ``--config`` changes them):
 
 Every choice is made on defense data; the held-out test sets only fill the table. Writes
 ``<out>/<model>/{agent,random,random-X}/`` (apply's outputs), ``<out>/apply_fmnist.json`` and
-``<out>/apply_fmnist.md``.
+``<out>/apply_fmnist.md``. ``--reports`` prints the same table from finished runs' reports
+(``onp.apply``'s ``report.json``; the seed column then names the mask's source).
 
     python benchmarks/apply_fmnist.py --out runs/bench-apply
+    python benchmarks/apply_fmnist.py --reports runs/apply-refit/*/report.json
 """
 
 from __future__ import annotations
@@ -91,7 +93,14 @@ def main() -> None:
     parser.add_argument("--random-fraction", type=float, default=0.3,
                         help="sparsity and seed-mask share of the 'random X' arm (0: skip it)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-apply"))
+    parser.add_argument("--reports", nargs="*", type=Path, default=None,
+                        help="only print the table of these onp.apply report.json files")
     args = parser.parse_args()
+    if args.reports:
+        reports = [(path.parent.name, json.loads(path.read_text())) for path in args.reports]
+        print(markdown([row(name, r["mask"]["source"], r, 0.0) for name, r in reports],
+                       "onp.apply reports (held-out test data, %; seconds = the run's total)."))
+        return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     models = args.models or [p for a in ATTACKS
                              if (p := Path("runs/bench-attacks") / a / "model").is_dir()]
