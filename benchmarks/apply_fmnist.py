@@ -15,7 +15,8 @@ unless ``--config`` changes them):
 Every choice is made on defense data; the held-out test sets only fill the table. Writes
 ``<out>/<model>/{agent,random,random-X}/`` (apply's outputs), ``<out>/apply_fmnist.json`` and
 ``<out>/apply_fmnist.md``. ``--reports`` prints the same table from finished runs' reports
-(``onp.apply``'s ``report.json``; the seed column then names the mask's source).
+(``onp.apply``'s ``report.json``; the seed column then names the mask's source), and a second
+one with issue 5's bars.
 
     python benchmarks/apply_fmnist.py --out runs/bench-apply
     python benchmarks/apply_fmnist.py --reports runs/apply-refit/*/report.json
@@ -73,10 +74,31 @@ def row(name: str, seed: str, report: dict, signal_seconds: float) -> dict:
         strict=True))
 
 
-def markdown(rows: list[dict], note: str) -> str:
+GOAL_COLUMNS = ("model", "B CA", "B' CA", "B' ASR", "B' CA - (B CA - 1)", "G[target] clean",
+                "G[target] clean - (B CA - 2)", "G[target] flagged or true", "G clean",
+                "kept round")
+
+
+def goal_row(name: str, report: dict) -> dict:
+    """Issue 5's bars for one apply report, in %.
+
+    B' CA >= B CA - 1, ASR <= 2, G[target] clean >= B CA - 2 and flagged or true >= 98; the
+    margins are the differences.
+    """
+    test = report["test"]
+    b, b_prime, g = test["B"], test["B'"], test["G_rules"].get("target", {})
+    clean = g.get("clean_accuracy")
+    return dict(zip(GOAL_COLUMNS, (
+        name, b["CA"], b_prime["CA"], b_prime["ASR"], round(b_prime["CA"] - (b["CA"] - 1), 2),
+        clean, None if clean is None else round(clean - (b["CA"] - 2), 2),
+        g.get("flagged_or_true"), test["G"]["clean_accuracy"], report["sparse"]["best_round"]),
+        strict=True))
+
+
+def markdown(rows: list[dict], note: str, columns: tuple[str, ...] = COLUMNS) -> str:
     """The rows as a markdown table under a one-line note."""
-    lines = [note, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join("—" if r[c] is None else str(r[c]) for c in COLUMNS) + " |"
+    lines = [note, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join("—" if r[c] is None else str(r[c]) for c in columns) + " |"
               for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -97,9 +119,12 @@ def main() -> None:
                         help="only print the table of these onp.apply report.json files")
     args = parser.parse_args()
     if args.reports:
-        reports = [(path.parent.name, json.loads(path.read_text())) for path in args.reports]
-        print(markdown([row(name, r["mask"]["source"], r, 0.0) for name, r in reports],
+        reports = [json.loads(path.read_text()) for path in args.reports]
+        print(markdown([row(r["name"], r["mask"]["source"], r, 0.0) for r in reports],
                        "onp.apply reports (held-out test data, %; seconds = the run's total)."))
+        print(markdown([goal_row(r["name"], r) for r in reports],
+                       "Issue 5's bars on the same reports (margins: >= 0 meets the bar).",
+                       GOAL_COLUMNS))
         return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     models = args.models or [p for a in ATTACKS
