@@ -2,8 +2,8 @@
 
 Each round builds its mask from scratch and trains one epoch under it:
 
-1. score every channel node (:func:`channel_importance`: filter and BatchNorm weight norms by
-   default, or mean clean activations) on the *unmasked* network: under the hooks a pruned
+1. score every channel node (:func:`channel_importance`: mean clean activations by default,
+   or filter and BatchNorm weight norms) on the *unmasked* network: under the hooks a pruned
    channel reads 0 and could never come back. A pruned channel's BatchNorm statistics are
    frozen while it is pruned, so that it comes back as it left;
 2. in every chosen group prune the ``sparsity`` share of channels with the lowest scores

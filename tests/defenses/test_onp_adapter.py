@@ -45,6 +45,7 @@ def _fake_pipeline(calls: list[dict]) -> types.ModuleType:
         unlearn_fraction: float = 0.2
         distill_weight: float = 0.25
         refit: bool = True
+        importance: str = "activation"
         extra: dict = field(default_factory=dict)
 
     @dataclass
@@ -91,7 +92,7 @@ def test_the_pipeline_gets_the_defense_data_only_and_b_prime_is_read_back(
     assert int((~mask).sum()) == round(0.25 * groups.num_nodes) == result.info["mask"]["pruned"]
     # a suite's shortening keeps the published recipe: no unlearning, no distillation, no refit
     assert config.rounds == 3 and config.unlearn_fraction == 0.0 and config.distill_weight == 0.0
-    assert config.refit is False
+    assert config.refit is False and config.importance == "weight"
     assert all(bool(keep.any()) for keep in groups.split(mask))  # no group cut entirely
 
 
