@@ -55,6 +55,7 @@ from onp.errors import ONPInputError
 from onp.eval.metrics import accuracy_of, predict
 from onp.graph.groups import ChannelGroups
 from onp.graph.mask import ChannelMask, apply_mask, bake_mask, check_mask, full_mask
+from onp.models.layout import channels_last_copy
 from onp.repair.importance import DEFAULT_IMPORTANCE, IMPORTANCE_KINDS, channel_importance
 from onp.signal.probe import BackdoorProbe
 from onp.training import TrainSettings, train_classifier
@@ -522,7 +523,8 @@ def prune_and_regrow(
     seed_mask = check_mask(groups, seed_mask)
     work = copy.deepcopy(model).eval()
     distills = config.distill_weight > 0 or config.stamped_distill_weight > 0
-    teacher = copy.deepcopy(model).eval() if distills else None
+    # the teacher only runs forward in eval mode, where the layout is exact to rounding
+    teacher = channels_last_copy(model).eval() if distills else None
     stamp = copy.deepcopy(stamp)
     chosen = chosen_nodes(groups, config.group_kinds, config.coupled)
     importance_set = subsample(fit, min(config.importance_images, len(fit)), seed=seed).images

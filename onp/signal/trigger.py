@@ -9,7 +9,6 @@ under pruning (``shared/notes/backdoor-signal.md``, point 3).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from onp.data.types import ImageSet
 from onp.errors import ONPInputError
 from onp.eval.metrics import predict
 from onp.io import atomic_path
+from onp.models.layout import channels_last_copy
 from onp.signal import config as defaults
 from onp.signal.config import SignalConfig
 
@@ -214,7 +214,7 @@ def synthesize_trigger(
             f"synthesize_trigger: expected at least {defaults.MIN_IMAGES} defense images outside "
             f"the target class {target}, found {len(images)}; use a larger defense set"
         )
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    frozen = channels_last_copy(model).eval().requires_grad_(False)
     device = next(frozen.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     channels, height, width = images.shape[1:]

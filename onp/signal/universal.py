@@ -8,7 +8,6 @@ parameters clamped to the bound after every step.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from onp.errors import ONPInputError
+from onp.models.layout import channels_last_copy
 
 
 def check_images(caller: str, images: torch.Tensor) -> None:
@@ -61,7 +61,7 @@ def fit_universal_trigger(
     Shapes:
         images: ``[N, C, H, W]``; start and the result: the parameters' own shape.
     """
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    frozen = channels_last_copy(model).eval().requires_grad_(False)
     device = next(frozen.parameters()).device
     params = start.detach().cpu().clamp(-bound, bound).to(device).requires_grad_(True)
     optimizer = torch.optim.Adam([params], lr=bound / 10)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from onp.errors import ONPInputError
+from onp.models.layout import channels_last_copy
 from onp.models.zoo import available_architectures, build_architecture, canonical_name
 
 SHAPES = {
@@ -51,3 +52,16 @@ def test_aliases_and_unknown_names():
     assert canonical_name("PreActResNet18") == "preact_resnet18"
     with pytest.raises(ONPInputError, match="unknown architecture 'nope'"):
         canonical_name("nope")
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_channels_last_copy_computes_the_same_function(name):
+    torch.manual_seed(0)
+    model = build_architecture(name, 7, SHAPES[name], **SMALL.get(name, {})).eval()
+    copy = channels_last_copy(model)
+    conv = next(p for p in copy.parameters() if p.ndim == 4 and p.shape[1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.is_contiguous()  # really another layout, not the default one
+    assert all(p.is_contiguous() for p in model.parameters())  # the original is left alone
+    x = torch.rand(3, *SHAPES[name])
+    torch.testing.assert_close(copy(x), model(x), rtol=1e-4, atol=1e-5)
