@@ -21,7 +21,7 @@ def channels_last_copy(model: ModuleT) -> ModuleT:
     whatever the layout. Saving is unaffected (bundles store contiguous tensors).
 
     Meant for eval-mode use (frozen copies), where outputs and input gradients agree with the
-    default layout's to float rounding (~1e-9 on that ResNet). In train mode, with one torch
+    default layout's to float rounding (within 1e-8 on that ResNet). In train mode, with one torch
     thread, the BatchNorm backward of this layout gave gradients off by up to 0.3% of their
     scale in the first layers (against float64; 1e-6 at two threads), so training keeps the
     default layout.
