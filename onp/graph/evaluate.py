@@ -21,6 +21,7 @@ from torch.fx.experimental.optimization import fuse
 from onp.errors import ONPInputError
 from onp.graph.groups import ChannelGroups
 from onp.graph.mask import ChannelMask, check_mask, mask_factors, scale_channels
+from onp.models.layout import to_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,7 @@ class CachedMaskedForward:
 
     def __init__(self, model: nn.Module, groups: ChannelGroups, inputs: torch.Tensor) -> None:
         model.eval()
-        self.graph_module = trace_fx(model, fuse_batchnorm=True).eval()
-        # Module.to takes memory_format; torch's overloads leave it out.
-        self.graph_module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.graph_module = to_channels_last(trace_fx(model, fuse_batchnorm=True).eval())
         self.groups = groups
         self.nodes = list(self.graph_module.graph.nodes)
         self.modules = dict(self.graph_module.named_modules())
