@@ -30,7 +30,7 @@ def channels_last_copy(model: ModuleT) -> ModuleT:
     Meant for eval-mode use (frozen copies), where outputs and input gradients agree with the
     default layout's to float rounding (``tests/models/test_layout.py`` checks them against
     float64). Training keeps the default layout: with the repair's working copy in this layout
-    (an epoch then ran 15-20% faster), a repair test on a ResNet of width 4 (12x12 images)
+    (training then ran 10-30% faster), a repair test on a ResNet of width 4 (12x12 images)
     aborted with heap corruption inside oneDNN's convolution weight-gradient (torch 2.13 CPU;
     ``malloc``: corrupted double-linked list). The float32 gradient error of a training step,
     first suspected, is not the reason: at batch 64 it is ~2e-3 of the whole gradient against
