@@ -34,6 +34,6 @@ def channels_last_copy(model: ModuleT) -> ModuleT:
     aborted with heap corruption inside oneDNN's convolution weight-gradient (torch 2.13 CPU;
     ``malloc``: corrupted double-linked list). The float32 gradient error of a training step,
     first suspected, is not the reason: at batch 64 it is ~2e-3 of the whole gradient against
-    float64 in both layouts (a one-off check, not in the tests).
+    float64 in both layouts (``benchmarks/train_gradient_error.py``; not in the tests).
     """
     return to_channels_last(copy.deepcopy(model))
