@@ -33,8 +33,10 @@ class TrainSettings:
         schedule: ``"one-cycle"`` (default) or ``"constant"``: ``lr`` throughout, as the
             fine-tuning defenses use it (e.g. Liu et al. 2018 fine-tune at a fixed small rate).
         distill_weight: Weight ``a`` of knowledge distillation from a teacher (Hinton et al.
-            2015): the loss is ``(1 - a) * CE + a * T^2 * KL(teacher || model)`` at temperature
-            ``T``, on the augmentable images only; ``0`` (default) is plain cross-entropy.
+            2015) on the augmentable (clean) images: each one's loss is ``(1 - a) * CE + a *
+            T^2 * KL(teacher(x) || model(x))`` at temperature ``T``; ``0`` (default) is plain
+            cross-entropy. The batch's loss is the mean of its images' losses
+            (:func:`batch_loss`).
         distill_temperature: ``T``.
         clean_bn_statistics: BatchNorm statistics come from the augmentable (clean) images
             alone: the others (stamped or poisoned copies) are normalised with the running
@@ -42,7 +44,7 @@ class TrainSettings:
             copies into the batch statistics shifts them away from the clean images that the
             trained net is read on (the main BatchNorm of AdvProp, Xie et al. 2020).
         stamped_distill_weight: Weight ``b`` of distillation on the other (stamped) images:
-            in the ``CE`` term above, their per-image loss is ``(1 - b) * CE + b * T^2 *
+            each one's loss is ``(1 - b) * CE + b * T^2 *
             KL(teacher(original) || model(stamped))``, the teacher reading each one's clean
             original (``teacher_images`` of :func:`train_classifier`). A stamped copy then
             learns what the teacher says of the clean image, soft, instead of the hard true
@@ -133,25 +135,43 @@ def _forward(model: nn.Module, x: torch.Tensor, clean: torch.Tensor,
     return logits
 
 
-def _stamped_loss(
-    logits: torch.Tensor, labels: torch.Tensor, clean: torch.Tensor, teacher: nn.Module,
-    originals: torch.Tensor, settings: TrainSettings,
+def batch_loss(
+    logits: torch.Tensor, labels: torch.Tensor, clean: torch.Tensor, settings: TrainSettings,
+    clean_soft: torch.Tensor | None = None, stamped_soft: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean per-row loss: cross-entropy on clean rows, mixed with distillation on stamped rows.
+    """The mean over the batch of each image's loss (see :class:`TrainSettings`).
 
-    The stamped rows distil the teacher's outputs on their clean ``originals``.
+    A clean row's loss is ``(1 - a) * CE + a * KD`` towards ``clean_soft``, a stamped row's
+    ``(1 - b) * CE + b * KD`` towards ``stamped_soft`` (``a``, ``b``: ``settings``'
+    ``distill_weight`` and ``stamped_distill_weight``). Each weight mixes its own rows only:
+    until 2026-12-02 ``a`` also scaled the stamped rows' loss by ``1 - a``, so ``a = 1``
+    switched trigger unlearning off.
+
+    Args:
+        logits: The model's outputs.
+        labels: True labels.
+        clean: Which rows are clean (augmentable) images.
+        settings: Holds ``a``, ``b`` and the temperature.
+        clean_soft: Teacher logits of the clean rows, in order (needed when ``a`` > 0 and
+            there are clean rows).
+        stamped_soft: Teacher logits of the stamped rows' originals, in order (needed when
+            ``b`` > 0 and there are stamped rows).
+
+    Returns:
+        A scalar.
 
     Shapes:
-        logits: ``[B, K]``; labels: ``[B]``; clean: ``[B]`` bool; originals: ``[S, C, H, W]``
-        with ``S`` the stamped rows, in order; returns a scalar.
+        logits: ``[B, K]``; labels, clean: ``[B]``; clean_soft: ``[C, K]`` and stamped_soft:
+        ``[B - C, K]``, with ``C`` the clean rows.
     """
     rows = F.cross_entropy(logits, labels, reduction="none")
-    with torch.no_grad():
-        soft = teacher(originals)
-    weight = settings.stamped_distill_weight
-    stamped = ~clean
-    rows[stamped] = ((1 - weight) * rows[stamped] + weight * distillation_loss(
-        logits[stamped], soft, settings.distill_temperature, per_row=True))
+    for part, weight, soft in ((clean, settings.distill_weight, clean_soft),
+                               (~clean, settings.stamped_distill_weight, stamped_soft)):
+        if weight > 0 and bool(part.any()):
+            if soft is None:
+                raise ValueError("batch_loss: distillation needs the teacher's logits of its rows")
+            rows[part] = (1 - weight) * rows[part] + weight * distillation_loss(
+                logits[part], soft, settings.distill_temperature, per_row=True)
     return rows.mean()
 
 
@@ -243,18 +263,15 @@ def train_classifier(
                 x = torch.where(allowed.view(-1, 1, 1, 1), _shift_and_flip(x, generator), x)
             x, y, clean = x.to(device), y.to(device), allowed.to(device)
             logits = _forward(model, x, clean, settings.clean_bn_statistics)
-            if settings.stamped_distill_weight > 0 and not bool(allowed.all()):
-                assert teacher is not None and teacher_images is not None  # checked above
-                loss = _stamped_loss(logits, y, clean, teacher.eval(),
-                                     teacher_images[idx[~allowed]].to(device), settings)
-            else:
-                loss = F.cross_entropy(logits, y)
-            if settings.distill_weight > 0 and bool(allowed.any()):
-                assert teacher is not None  # checked above
-                with torch.no_grad():
-                    soft = teacher.eval()(x[clean])
-                loss = ((1 - settings.distill_weight) * loss + settings.distill_weight
-                        * distillation_loss(logits[clean], soft, settings.distill_temperature))
+            clean_soft = stamped_soft = None
+            with torch.no_grad():
+                if settings.distill_weight > 0 and bool(allowed.any()):
+                    assert teacher is not None  # checked above
+                    clean_soft = teacher.eval()(x[clean])
+                if settings.stamped_distill_weight > 0 and not bool(allowed.all()):
+                    assert teacher is not None and teacher_images is not None  # checked above
+                    stamped_soft = teacher.eval()(teacher_images[idx[~allowed]].to(device))
+            loss = batch_loss(logits, y, clean, settings, clean_soft, stamped_soft)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -7,6 +7,7 @@ from onp.eval.metrics import accuracy_of, predict
 from onp.models.bundle import ModelSpec, make_classifier
 from onp.training import (
     TrainSettings,
+    batch_loss,
     distillation_loss,
     running_batchnorm,
     train_classifier,
@@ -163,3 +164,30 @@ def test_on_step_is_called_after_every_optimizer_step() -> None:
     train_classifier(_model(), images, labels, TrainSettings(epochs=2, batch_size=32),
                      on_step=lambda: calls.append(1))
     assert len(calls) == 2 * 4  # ceil(100 / 32) steps per epoch
+
+
+def test_batch_loss_mixes_each_weight_into_its_own_rows_only() -> None:
+    """Worked by hand on two rows: a clean one and a stamped one. Full distillation of the
+    clean rows (a = 1) leaves the stamped row's loss, the trigger unlearning, in place."""
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    labels = torch.tensor([0, 0])
+    clean = torch.tensor([True, False])
+    clean_soft, stamped_soft = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 1.0]])
+    ce = torch.nn.functional.cross_entropy(logits.detach(), labels, reduction="none")
+    kd_clean = distillation_loss(logits.detach()[:1], clean_soft, 2.0, per_row=True)[0]
+    kd_stamped = distillation_loss(logits.detach()[1:], stamped_soft, 2.0, per_row=True)[0]
+
+    def loss(a: float, b: float) -> float:
+        settings = TrainSettings(distill_weight=a, stamped_distill_weight=b)
+        return float(batch_loss(logits, labels, clean, settings, clean_soft, stamped_soft).detach())
+
+    assert loss(0.0, 0.0) == pytest.approx(float(ce.mean()))
+    assert loss(1.0, 0.0) == pytest.approx(float(kd_clean + ce[1]) / 2)
+    assert loss(0.25, 1.0) == pytest.approx(float(0.75 * ce[0] + 0.25 * kd_clean + kd_stamped)
+                                            / 2)
+    # the stamped row still gets a gradient when the clean rows are fully distilled
+    settings = TrainSettings(distill_weight=1.0)
+    batch_loss(logits, labels, clean, settings, clean_soft).backward()
+    assert logits.grad is not None and float(logits.grad[1].abs().sum()) > 0
+    with pytest.raises(ValueError, match="teacher"):
+        batch_loss(logits, labels, clean, settings)
