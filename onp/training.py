@@ -77,21 +77,16 @@ class TrainSettings:
 
 
 def distillation_loss(
-    logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
-    per_row: bool = False,
+    logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """``T^2 * KL(softmax(teacher / T) || softmax(logits / T))``, averaged over the batch.
-
-    With ``per_row``, one value per row.
+    """``T^2 * KL(softmax(teacher / T) || softmax(logits / T))`` of each row.
 
     Shapes:
-        logits, teacher_logits: ``[B, K]``; returns a scalar, or ``[B]`` with ``per_row``.
+        logits, teacher_logits: ``[B, K]``; returns ``[B]``.
     """
     log_p = F.log_softmax(logits / temperature, dim=1)
     log_q = F.log_softmax(teacher_logits / temperature, dim=1)
-    if per_row:
-        return F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(1) * temperature**2
-    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * temperature**2
+    return F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(1) * temperature**2
 
 
 @contextmanager
@@ -171,7 +166,7 @@ def batch_loss(
             if soft is None:
                 raise ValueError("batch_loss: distillation needs the teacher's logits of its rows")
             rows[part] = (1 - weight) * rows[part] + weight * distillation_loss(
-                logits[part], soft, settings.distill_temperature, per_row=True)
+                logits[part], soft, settings.distill_temperature)
     return rows.mean()
 
 
