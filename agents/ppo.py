@@ -21,6 +21,7 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm.auto import tqdm
 
+from agents.checkpoint import STATE_JSON, restore_checkpoint, save_checkpoint
 from agents.gnn_policy import GNNMaskablePolicy, padded_sizes
 from envs.pruning_env import ChannelPruningEnv
 from onp.errors import ONPInputError
@@ -212,6 +213,25 @@ class EpisodeLogger(BaseCallback):
         kept.sort(key=lambda k: -k["utility"])  # stable: ties keep the earlier episode first
         del kept[self.keep:]
 
+    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """What a checkpoint keeps of the log: JSON-ready values and the kept masks."""
+        scalars = ("clean_accuracy", "proxy_asr", "true_asr", "pruned", "pruned_fraction",
+                   "task", "task_index", "known_trigger", "utility", "timestep")
+        kept = {task: [{k: e.get(k) for k in scalars} for e in entries]
+                for task, entries in self.candidates.items()}
+        masks = {f"{task}/{i}": e["mask"] for task, entries in self.candidates.items()
+                 for i, e in enumerate(entries)}
+        return {"candidates": kept, "returns": self.returns,
+                "episode_return": self._episode_return}, masks
+
+    def load_state(self, values: dict[str, Any], masks: dict[str, torch.Tensor]) -> None:
+        """Take back what :meth:`state` gave (a resumed run)."""
+        self.candidates = {task: [{**e, "mask": masks[f"{task}/{i}"].clone()}
+                                  for i, e in enumerate(entries)]
+                           for task, entries in values["candidates"].items()}
+        self.returns = list(values["returns"])
+        self._episode_return = float(values["episode_return"])
+
     def close(self) -> None:
         """Close the progress bar."""
         if self._bar is not None:
@@ -298,8 +318,15 @@ def learn(
     resume: bool = False,
     checkpoint_every: int = 1024,
     device: str = "auto",
+    settings: dict[str, Any] | None = None,
 ) -> LearnResult:
     """Train (or fine-tune) the GNN policy on ``env`` for ``timesteps`` steps.
+
+    Training runs in whole rollouts of ``config.n_steps`` steps, so it may end up to
+    ``n_steps - 1`` steps past ``timesteps``. A checkpoint is written every
+    ``checkpoint_every`` steps (rounded up to whole rollouts) and after the last rollout; a run
+    resumed from it gives the same policy and episode log as one that never stopped
+    (:mod:`agents.checkpoint`).
 
     Args:
         env: The environment (one or several tasks).
@@ -311,23 +338,29 @@ def learn(
         resume: Continue from ``out/checkpoints/latest`` when it exists.
         checkpoint_every: Steps between checkpoints.
         device: Torch device of the policy.
+        settings: The caller's settings, stored in each checkpoint for it to compare on resume.
     """
     tensorboard = str(out / "tb") if out is not None else None
     agent = make_agent(env, config, seed, tensorboard, device)
-    checkpoint = out / "checkpoints" / "latest" if out is not None else None
-    done = 0
-    if resume and checkpoint is not None and checkpoint.is_dir():
-        load_policy(agent, checkpoint)
-        done = int(read_policy_spec(checkpoint)["num_timesteps"])
-        log.info("resuming from %s at %d steps", checkpoint, done)
+    checkpoint = checkpoint_dir(out) if out is not None else None
+    episodes = EpisodeLogger(env, timesteps)
+    if resume and checkpoint is not None and (checkpoint / STATE_JSON).is_file():
+        episodes.load_state(*restore_checkpoint(checkpoint, agent, env))
+        episodes.total = max(timesteps - agent.num_timesteps, 0)
+        log.info("resuming from %s at %d steps", checkpoint, agent.num_timesteps)
     elif init_policy is not None:
         load_policy(agent, init_policy)
-    episodes = EpisodeLogger(env, max(timesteps - done, 0))
+    every = max(1, -(-checkpoint_every // config.n_steps)) * config.n_steps
     start = time.perf_counter()
-    while agent.num_timesteps < timesteps - done:
-        chunk = min(checkpoint_every, timesteps - done - agent.num_timesteps)
+    while agent.num_timesteps < timesteps:
+        chunk = min(every, timesteps - agent.num_timesteps)
         agent.learn(chunk, callback=episodes, reset_num_timesteps=False, tb_log_name="ppo")
         if checkpoint is not None:
-            save_policy(agent, checkpoint, config, num_timesteps=done + agent.num_timesteps)
+            save_checkpoint(checkpoint, agent, env, *episodes.state(), settings or {})
     episodes.close()
     return LearnResult(agent, env, episodes, time.perf_counter() - start)
+
+
+def checkpoint_dir(out: Path) -> Path:
+    """Where :func:`learn` keeps the checkpoint of a run writing to ``out``."""
+    return out / "checkpoints" / "latest"

@@ -29,6 +29,8 @@ def _field_parser(annotation: Any) -> tuple[Any, str | None]:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
         return _field_parser(args[0])
+    if origin in (typing.Union, types.UnionType) and set(args) == {int, float}:
+        return _parse_number, None
     if origin in (tuple, list):
         return (args[0] if args else str), "+"
     if origin is dict or annotation in (dict, list):
@@ -49,18 +51,74 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def _parse_number(text: str) -> int | float:
+    """A count (``100``) or a fraction (``0.05``), as the text spells it."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+_SCALARS: dict[Any, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float),
+                                         str: (str,)}
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """``value`` as the field type ``annotation`` wants; ``TypeError`` if it is not one."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        # an int stays an int where the field takes one (a count), else the first type that fits
+        for option in sorted((a for a in args if a is not type(None)), key=lambda a: a is not int):
+            try:
+                return _coerce(value, option)
+            except TypeError:
+                continue
+        raise TypeError
+    if annotation in _SCALARS:
+        if isinstance(value, bool) and annotation is not bool:
+            raise TypeError
+        if not isinstance(value, _SCALARS[annotation]):
+            raise TypeError
+        return float(value) if annotation is float else value
+    if origin is tuple or annotation is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        return tuple(_coerce(v, args[0]) for v in value) if args else tuple(value)
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise TypeError
+        return value
+    return value
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
 def config_from_dict(cls: type[ConfigT], values: dict[str, Any], where: str) -> ConfigT:
-    """Build ``cls`` from ``values``; unknown keys are an error naming ``where``."""
+    """Build ``cls`` from ``values``; unknown keys and wrong types are errors naming ``where``."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if not isinstance(values, dict):
+        raise ONPInputError(f"{where}: expected a mapping of config keys, found "
+                            f"{type(values).__name__}")
     unknown = sorted(set(values) - names)
     if unknown:
         raise ONPInputError(f"{where}: unknown config keys {unknown}; known: {sorted(names)}")
     hints = typing.get_type_hints(cls)
     converted = {}
     for key, value in values.items():
-        if typing.get_origin(hints[key]) is tuple and isinstance(value, list):
-            value = tuple(value)
-        converted[key] = value
+        try:
+            converted[key] = _coerce(value, hints[key])
+        except TypeError:
+            raise ONPInputError(f"{where}: {key} must be {_type_name(hints[key])}, found "
+                                f"{value!r} ({type(value).__name__})") from None
     return cls(**converted)
 
 
@@ -69,7 +127,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ONPInputError(f"{path}: config file not found")
-    payload = yaml.safe_load(path.read_text()) or {}
+    try:
+        payload = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ONPInputError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from None
     if not isinstance(payload, dict):
         raise ONPInputError(
             f"{path}: expected a YAML mapping of config keys, found {type(payload).__name__}"

@@ -69,7 +69,7 @@ def load_subject(
     path: str | Path,
     dataset: str = "fashion-mnist",
     data_root: str | None = None,
-    defense_size: float | None = None,
+    defense_size: float | int | None = None,
     split_seed: int | None = None,
 ) -> Subject:
     """Load a model and split its dataset into defense data and held-out test sets.

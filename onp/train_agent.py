@@ -4,8 +4,9 @@ Example:
     python -m onp.train_agent --models runs/fmnist-badnets/model --timesteps 4096 \
         --out runs/agent
 
-``--out DIR`` receives: ``config.json`` (resolved settings), ``signal/<model>.json`` (the
-trigger-free signal), ``policy/`` (final policy), ``checkpoints/`` (periodic, for ``--resume``),
+``--out DIR`` receives: ``config.json`` (resolved settings), ``signal/<model>-<hash>.json``
+(the trigger-free signal, named by the hash of the model's weights, its defense data and the
+settings), ``policy/`` (final policy), ``checkpoints/`` (for an exact ``--resume``),
 ``best_masks.json`` (per model, the best mask found while training: the best episodes by the
 step batches, re-checked on more defense data, :func:`agents.ppo.best_mask`),
 ``results.json`` (the policy's greedy mask per model, with held-out test metrics when the attack
@@ -25,15 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from agents.ppo import PPOConfig, best_mask, learn, rollout, save_policy
+from agents.checkpoint import STATE_JSON, read_checkpoint
+from agents.ppo import PPOConfig, best_mask, checkpoint_dir, learn, rollout, save_policy
 from envs.pruning_env import ChannelPruningEnv, EnvConfig
 from onp.cli import run_command
 from onp.config import config_from_dict, config_to_dict
 from onp.errors import ONPInputError
+from onp.fingerprint import settings_hash, tensors_hash, weights_hash
 from onp.graph.mask import ChannelMask, masked
 from onp.io import atomic_path, write_json
+from onp.outputs import claim_output, incremental_output
 from onp.seeding import seed_everything
 from onp.signal.config import SignalConfig
 from onp.signal.probe import BackdoorProbe, estimate_probe, known_trigger_probe
@@ -41,6 +46,8 @@ from onp.subjects import Subject, load_subject
 from onp.task import PruningTask, TaskConfig, build_task
 
 log = logging.getLogger(__name__)
+
+COMMAND = "onp.train_agent"
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ class TrainAgentConfig:
     models: tuple[str, ...] = field(default=(), metadata={"help": "bundles or model files"})
     dataset: str = field(default="fashion-mnist", metadata={"help": "dataset name"})
     data_root: str | None = field(default=None, metadata={"help": "dataset location"})
-    defense_size: float | None = field(
+    defense_size: float | int | None = field(
         default=None, metadata={"help": "defense fraction/count (default: the bundle's)"})
     known_trigger: bool = field(
         default=False, metadata={"help": "use the bundle's real trigger (labelled in outputs)"})
@@ -67,32 +74,45 @@ class TrainAgentConfig:
     signal: dict = field(default_factory=dict, metadata={"help": "JSON SignalConfig overrides"})
     policy: str | None = field(default=None, metadata={"help": "start from this policy dir"})
     checkpoint_every: int = field(default=1024, metadata={"help": "steps between checkpoints"})
-    resume: bool = field(default=False, metadata={"help": "continue from out/checkpoints"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue exactly from out/checkpoints (same settings; --timesteps may grow)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace an earlier ONP output in --out (a folder ONP did not write is never "
+                "touched)"})
     seed: int = field(default=0, metadata={"help": "seeds everything"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
     out: str = field(default="runs/agent", metadata={"help": "output directory"})
 
 
-def _probe_path(out: Path, name: str) -> Path:
-    return out / "signal" / f"{name}.safetensors"
+def probe_key(subject: Subject, config: TrainAgentConfig) -> dict[str, Any]:
+    """What shaped a subject's probe: its weights, its defense data and the signal settings."""
+    return {"model": weights_hash(subject.model),
+            "defense": tensors_hash([("images", subject.defense.images),
+                                     ("labels", subject.defense.labels)]),
+            "known_trigger": config.known_trigger, "seed": config.seed,
+            "signal": dict(config.signal)}
 
 
 def make_probe(subject: Subject, config: TrainAgentConfig, out: Path) -> BackdoorProbe:
     """The subject's probe: trigger-free by default, cached in ``out/signal`` for resuming.
 
-    The cache is reused only when it was made with the same mode, seed and signal settings.
+    The cache file is named by the hash of :func:`probe_key` (the model's weights, its defense
+    data and the settings), so two models never share a probe, and a changed model or setting
+    computes it again.
     """
-    path = _probe_path(out, subject.name)
-    made_with = {"known_trigger": config.known_trigger, "seed": config.seed,
-                 "signal": dict(config.signal)}
-    if path.is_file():
-        meta = json.loads(path.with_suffix(".json").read_text())
-        if meta.get("made_with") == made_with:
+    key = probe_key(subject, config)
+    path = out / "signal" / f"{subject.name}-{settings_hash(key)[:16]}.safetensors"
+    if path.is_file() and path.with_suffix(".json").is_file():
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text())
             tensors = load_file(str(path))
-            return BackdoorProbe(tensors["images"], tensors["target_labels"],
-                                 tensors["true_labels"], meta["probe"]["known_trigger"],
-                                 meta["probe"]["source"])
-        log.info("%s: cached probe was made with other settings; estimating it again", path)
+            if meta.get("key") == key:
+                return BackdoorProbe(tensors["images"], tensors["target_labels"],
+                                     tensors["true_labels"], meta["probe"]["known_trigger"],
+                                     meta["probe"]["source"])
+        except (OSError, ValueError, KeyError, SafetensorError):
+            pass
+        log.info("%s: the cached probe is unreadable or made otherwise; estimating it again", path)
     if config.known_trigger:
         if not subject.model.spec.attack:
             raise ONPInputError(f"{subject.name}: --known-trigger needs a bundle with its attack")
@@ -100,10 +120,10 @@ def make_probe(subject: Subject, config: TrainAgentConfig, out: Path) -> Backdoo
                                     subject.defense.labels, max_images=512, seed=config.seed)
         record: dict[str, Any] = {"probe": probe.describe()}
     else:
-        signal_config = config_from_dict(SignalConfig, config.signal, "signal")
+        signal_config = config_from_dict(SignalConfig, config.signal, "--signal")
         result = estimate_probe(subject.model, subject.defense, signal_config, config.seed)
         probe, record = result.probe, result.to_json()
-    record["made_with"] = made_with
+    record["key"] = key
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file({"images": probe.images.contiguous(), "target_labels": probe.target_labels,
@@ -120,6 +140,7 @@ def prepare_tasks(config: TrainAgentConfig, out: Path) -> tuple[list[Subject], l
     for path in config.models:
         subject = load_subject(path, config.dataset, config.data_root, config.defense_size)
         probe = make_probe(subject, config, out)
+        seed_everything(config.seed)  # the same from here whether the probe was cached or not
         tasks.append(build_task(subject.name, subject.model, subject.defense, probe,
                                 task_config, config.seed, subject.evaluation_probe()))
         subjects.append(subject)
@@ -133,23 +154,63 @@ def mask_metrics(subject: Subject, task: PruningTask, mask: ChannelMask) -> dict
     return {} if metrics is None else {"test": metrics.as_percent()}
 
 
+RESUMABLE_CHANGES = frozenset({"timesteps", "resume", "overwrite", "out", "device"})
+"""Settings a resumed run may change; any other difference is refused."""
+
+
+def resume_settings(config: TrainAgentConfig) -> dict[str, Any]:
+    """The settings a checkpoint must have been made with for ``config`` to resume it."""
+    return {k: v for k, v in config_to_dict(config).items() if k not in RESUMABLE_CHANGES}
+
+
+def check_resume(config: TrainAgentConfig, out: Path) -> None:
+    """Refuse to resume a checkpoint made with other settings, naming each difference."""
+    checkpoint = checkpoint_dir(out)
+    if not (checkpoint / STATE_JSON).is_file():
+        log.info("train_agent: no checkpoint in %s; starting from the beginning", out)
+        return
+    stored = read_checkpoint(checkpoint)[0]["settings"]
+    wanted = json.loads(json.dumps(resume_settings(config)))
+    differ = [f"{k}: checkpoint {stored.get(k)!r}, now {wanted.get(k)!r}"
+              for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+    if differ:
+        raise ONPInputError(f"--resume {checkpoint}: made with other settings ("
+                            + "; ".join(differ) + "); resume with the same settings or start "
+                            "over with --overwrite true")
+
+
 def train_agent(config: TrainAgentConfig) -> dict[str, Any]:
     """Train the policy, save it and the masks, and return the results (also ``results.json``)."""
     start = time.perf_counter()
     if not config.models:
         raise ONPInputError("train_agent: expected at least one model (--models PATH ...)")
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if config.resume and config.overwrite:
+        raise ONPInputError("--resume and --overwrite: give one (continue, or start over)")
+    if config.timesteps < 1:
+        raise ONPInputError(f"--timesteps: expected at least 1, found {config.timesteps}")
+    out = claim_output(config.out, COMMAND, inputs=(*config.models, config.data_root,
+                                                     config.policy),
+                       overwrite=config.overwrite, reuse=config.resume)
+    ppo_config = config_from_dict(PPOConfig, config.ppo, "--ppo")
+    config_from_dict(SignalConfig, config.signal, "--signal")
+    if config.resume:
+        check_resume(config, out)
+    with incremental_output(out, COMMAND, config.overwrite, resumable="checkpoints"):
+        return _train(config, ppo_config, out, start)
+
+
+def _train(config: TrainAgentConfig, ppo_config: PPOConfig, out: Path,
+           start: float) -> dict[str, Any]:
     seed_everything(config.seed)
     write_json(out / "config.json", config_to_dict(config))
-    ppo_config = config_from_dict(PPOConfig, config.ppo, "ppo")
     subjects, tasks = prepare_tasks(config, out)
     setup_seconds = time.perf_counter() - start
     env = ChannelPruningEnv(tasks, EnvConfig(
         budget_fraction=config.budget_fraction, asr_threshold=config.asr_threshold,
         asr_weight=config.asr_weight, max_nodes=config.max_nodes))
     trained = learn(env, ppo_config, config.timesteps, config.seed, out, config.policy,
-                    config.resume, config.checkpoint_every, config.device)
+                    config.resume, config.checkpoint_every, config.device,
+                    resume_settings(config))
     agent, train_seconds = trained.agent, trained.seconds
     save_policy(agent, out / "policy", ppo_config)
     results: dict[str, Any] = {"known_trigger": config.known_trigger, "models": {},

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,13 +22,17 @@ from onp.attacks.poison import (
 from onp.config import config_to_dict
 from onp.data.registry import load_train_test
 from onp.data.splits import make_splits, subsample
+from onp.errors import ONPInputError
 from onp.eval.metrics import evaluate_backdoor
 from onp.io import write_json
 from onp.models.bundle import ModelSpec, make_classifier, save_bundle
+from onp.outputs import atomic_output, claim_output
 from onp.seeding import seed_everything
 from onp.training import TrainSettings, train_classifier
 
 log = logging.getLogger(__name__)
+
+COMMAND = "onp.attack"
 
 
 @dataclass(frozen=True)
@@ -59,13 +62,16 @@ class AttackRunConfig:
     lr: float = field(default=0.1, metadata={"help": "peak learning rate"})
     augment: bool = field(default=False, metadata={"help": "flip/shift clean images"})
     seed: int = field(default=0, metadata={"help": "seeds splits, poisoning and training"})
-    defense_size: float = field(
+    defense_size: float | int = field(
         default=0.05, metadata={"help": "defense set: fraction (<1) or count of training images"}
     )
     train_subset: int = field(default=0, metadata={"help": "train on N images (0 = all)"})
     test_subset: int = field(default=0, metadata={"help": "evaluate on N test images (0 = all)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
     out: str = field(default="runs/attack", metadata={"help": "output directory"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace an earlier ONP output in --out (a folder ONP did not write is never "
+                "touched)"})
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,10 @@ def run_attack(config: AttackRunConfig) -> AttackRecord:
         The measured record (also written to ``record.json``).
     """
     start = time.perf_counter()
+    if config.epochs < 1:
+        raise ONPInputError(f"--epochs: expected at least 1, found {config.epochs}")
+    out = claim_output(config.out, COMMAND, inputs=(config.data_root,),
+                       overwrite=config.overwrite)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     train, test = load_train_test(config.dataset, config.data_root)
@@ -161,12 +171,12 @@ def run_attack(config: AttackRunConfig) -> AttackRecord:
         test_poisoned_count=len(test_poisoned.true_labels),
         wall_time_s=round(time.perf_counter() - start, 1),
     )
-    out = Path(config.out)
-    save_bundle(model.cpu(), out / "model")
-    write_json(out / "record.json", {
-        **record.__dict__, "percent": metrics.as_percent(), "config": config_to_dict(config),
-        "attack": spec.attack, "torch_threads": torch.get_num_threads(), "device": str(device),
-    })
+    with atomic_output(out, COMMAND) as tmp:
+        save_bundle(model.cpu(), tmp / "model")
+        write_json(tmp / "record.json", {
+            **record.__dict__, "percent": metrics.as_percent(), "config": config_to_dict(config),
+            "attack": spec.attack, "torch_threads": torch.get_num_threads(), "device": str(device),
+        })
     log.info("attack %s: %s, wall %.0f s -> %s", config.attack, metrics.as_percent(),
              record.wall_time_s, out)
     return record

@@ -46,7 +46,7 @@ class SuiteConfig:
     batch_size: int = field(default=128, metadata={"help": "training batch size"})
     lr: float = field(default=0.1, metadata={"help": "peak training learning rate"})
     augment: bool = field(default=False, metadata={"help": "flip/shift clean training images"})
-    defense_size: float = field(
+    defense_size: float | int = field(
         default=0.05, metadata={"help": "defense set: fraction (<1) or count of training images"})
     train_subset: int = field(default=0, metadata={"help": "train on N images (0 = all)"})
     test_subset: int = field(

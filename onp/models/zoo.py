@@ -11,6 +11,7 @@ graph relies on.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -70,9 +71,13 @@ def build_architecture(
     """
     if num_classes < 1:
         raise ONPInputError(f"num_classes must be positive, got {num_classes}")
-    return _REGISTRY[canonical_name(name)](
-        num_classes=num_classes, input_shape=tuple(input_shape), **options
-    )
+    builder = _REGISTRY[canonical_name(name)]
+    accepted = set(inspect.signature(builder).parameters) - {"num_classes", "input_shape"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ONPInputError(f"model options {unknown}: not options of {name}; it takes "
+                            f"{sorted(accepted)}")
+    return builder(num_classes=num_classes, input_shape=tuple(input_shape), **options)
 
 
 def _flat_features(module: nn.Module, input_shape: tuple[int, ...]) -> int:

@@ -42,9 +42,10 @@ from onp.eval.report import (
     write_outputs,
 )
 from onp.graph.mask import ChannelMask
-from onp.io import atomic_path, write_json
+from onp.io import write_json
 from onp.models.bundle import Classifier, save_bundle
 from onp.models.loading import load_model
+from onp.outputs import atomic_output, claim_output
 from onp.repair.compact import save_compact
 from onp.repair.detector import (
     AUTO_RULE,
@@ -98,6 +99,8 @@ from onp.task import PruningTask, TaskConfig, build_task
 
 log = logging.getLogger(__name__)
 
+COMMAND = "onp.apply"
+
 DATA_FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".npz": "npz"}
 # PPO steps of a policy trained on the spot, and the PPO epochs per update (overriding
 # PPOConfig's). The update dominates the agent's time: with the earlier 64-wide policy a 256-step
@@ -128,7 +131,8 @@ class ApplyConfig:
     dataset: str | None = field(default=None, metadata=_help(
         "registered dataset of an onp.attack bundle: its defense split and test sets"))
     data_root: str | None = field(default=None, metadata=_help("dataset location"))
-    defense_size: float | None = field(default=None, metadata=_help("defense fraction/count"))
+    defense_size: float | int | None = field(
+        default=None, metadata=_help("defense set: fraction (<1) or count of images"))
     split_seed: int | None = field(default=None, metadata=_help("seed of the dataset splits"))
     data: str | None = field(default=None, metadata=_help("defense data file (.h5 or .npz)"))
     eval_data: str | None = field(default=None, metadata=_help("held-out clean file (report)"))
@@ -201,7 +205,8 @@ class ApplyConfig:
     seed: int = field(default=0, metadata=_help("seeds everything"))
     device: str = field(default="auto", metadata=_help("agent device: cpu, cuda or auto"))
     out: str = field(default="runs/apply", metadata=_help("output directory"))
-    overwrite: bool = field(default=False, metadata=_help("replace an existing --out"))
+    overwrite: bool = field(default=False, metadata=_help(
+        "replace an earlier ONP output in --out (a folder ONP did not write is never touched)"))
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.perturbation_eps <= 1.0 or self.warp_shift < 0 or min(
@@ -495,9 +500,9 @@ def run_apply(
     Raises:
         ONPInputError: For bad inputs; ``config.out`` is then left as it was.
     """
-    out = Path(config.out)
-    if out.exists() and not config.overwrite:
-        raise ONPInputError(f"{out}: already exists; pass --overwrite true or another --out")
+    out = claim_output(config.out, COMMAND, inputs=(
+        config.model, config.data, config.eval_data, config.eval_poisoned, config.policy,
+        config.data_root), overwrite=config.overwrite)
     timer = StageTimer()
     seed_everything(config.seed)
     with timer.stage("load"):
@@ -525,7 +530,7 @@ def run_apply(
         detector = BackdoorDetector(inputs.model, repaired, *rule, targets=targets)
     with timer.stage("evaluate"):
         evaluation = evaluate_outputs(inputs, detector)
-    with atomic_path(out, is_dir=True) as tmp:
+    with atomic_output(out, COMMAND) as tmp:
         with timer.stage("save"):
             save_bundle(repaired, tmp / "repaired")
             save_compact(repaired, task.groups, result.mask, tmp / "repaired_compact")
