@@ -24,6 +24,9 @@ from onp.bench.runner import OK, run_suite
 from onp.config import config_to_dict, parse_config
 from onp.errors import ONPInputError
 from onp.io import write_json
+from onp.outputs import check_destination, claim_output, incremental_output
+
+COMMAND = "onp.benchmark"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,12 +45,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ONPInputError(f"{known.suite}: suite file not found (see configs/bench/)")
         config = parse_config(SuiteConfig, rest, description=__doc__,
                               default_config=known.suite)
+        inputs = (known.suite, config.data_root)
+        if config.collect_only:  # only adds the tables to a folder of copied cells
+            out = check_destination(config.out, inputs)
+        else:
+            out = claim_output(config.out, COMMAND, inputs, config.overwrite, reuse=True)
     except ONPInputError as error:
         log.error("%s", error)
         return 2
-    write_json(Path(config.out) / "config.json", config_to_dict(config))
-    cells = run_suite(config)
-    markdown = write_results(config, cells, config.out)
+    if config.collect_only:
+        cells = run_suite(config)
+        markdown = write_results(config, cells, config.out)
+    else:
+        with incremental_output(out, COMMAND, config.overwrite, resumable="cells"):
+            write_json(out / "config.json", config_to_dict(config))
+            cells = run_suite(config)
+            markdown = write_results(config, cells, config.out)
     print(markdown.read_text())
     failed = [c for c in cells if c.status not in (OK, "skipped")]
     if failed:

@@ -87,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_config(DetectConfig, argv, description=__doc__)
         if not config.detector:
             raise ONPInputError("detect: expected --detector DIR (the detector/ of onp.apply)")
+        if config.batch_size < 1:
+            raise ONPInputError(f"--batch-size: expected at least 1, found {config.batch_size}")
+        if not config.scale > 0:
+            raise ONPInputError(f"--scale: expected a positive pixel value, found {config.scale}")
         detector = load_detector(config.detector)
         shape = tuple(detector.original.spec.input_shape)
         images = read_inputs(config.input, shape, config.scale)  # type: ignore[arg-type]

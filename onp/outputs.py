@@ -136,11 +136,7 @@ def claim_output(
     Raises:
         ONPInputError: Naming ``flag``, the folder and what to do instead.
     """
-    path = _resolved(out)
-    _refuse_protected(path, flag)
-    _refuse_inputs(path, inputs, flag)
-    if path.exists() and not path.is_dir():
-        raise ONPInputError(f"{flag} {path}: a file, not a folder")
+    path = check_destination(out, inputs, flag)
     if path.is_dir() and any(path.iterdir()):
         marker = read_marker(path)
         if marker is None:
@@ -154,8 +150,27 @@ def claim_output(
             raise ONPInputError(f"{flag} {path}: holds {state} {marker['command']} run; "
                                 f"{hint}pass --overwrite true to replace it, or choose another "
                                 "folder")
-    _check_writable(path, flag)
     remove_stale_partials(path)
+    return path
+
+
+def check_destination(
+    out: str | Path, inputs: Iterable[str | Path | None] = (), flag: str = "--out"
+) -> Path:
+    """The checks of :func:`claim_output` that do not look inside ``out``.
+
+    For a command that only adds files to a folder and never deletes anything (the
+    benchmark's ``--collect-only``): not a protected folder, not an input, writable.
+
+    Returns:
+        ``out`` resolved.
+    """
+    path = _resolved(out)
+    _refuse_protected(path, flag)
+    _refuse_inputs(path, inputs, flag)
+    if path.exists() and not path.is_dir():
+        raise ONPInputError(f"{flag} {path}: a file, not a folder")
+    _check_writable(path, flag)
     return path
 
 

@@ -63,6 +63,9 @@ class SuiteConfig:
                 "reported as skipped"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
     out: str = field(default="runs/bench", metadata={"help": "output directory"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start over: replace an earlier ONP output in --out (a folder ONP did not "
+                "write is never touched); without it, a benchmark's own folder is continued"})
 
     def __post_init__(self) -> None:
         attacks = [kind for kind in attack_kinds() if kind != NO_ATTACK]  # ASR needs a trigger

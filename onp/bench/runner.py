@@ -35,13 +35,15 @@ from onp.config import config_to_dict
 from onp.data.splits import subsample
 from onp.defenses import DefenseUnavailable, build_defense
 from onp.eval.metrics import BackdoorMetrics, defense_effectiveness_rating
+from onp.fingerprint import weights_hash
 from onp.io import write_json
+from onp.models.loading import load_model
 from onp.subjects import Subject, load_subject
 
 log = logging.getLogger(__name__)
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
-IGNORED_ATTACK_KEYS = frozenset({"out", "device"})
+IGNORED_ATTACK_KEYS = frozenset({"out", "device", "overwrite"})
 """Attack settings that do not change the infected model."""
 
 
@@ -65,6 +67,8 @@ class CellResult:
         peak_rss_mb: Peak RSS increase during the defense, MiB (see :mod:`onp.bench.resources`).
         peak_cuda_mb: Peak CUDA memory during the defense, MiB, or ``None``.
         model_cached: Whether the infected model was reused from an earlier run.
+        model_hash: SHA-256 of the infected model's weights: a stored cell stands in for a
+            rerun only on the same weights.
         settings: The defense's resolved settings.
         info: The defense's record of its choices.
     """
@@ -84,6 +88,7 @@ class CellResult:
     peak_rss_mb: float | None = None
     peak_cuda_mb: float | None = None
     model_cached: bool = False
+    model_hash: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -99,10 +104,13 @@ def cell_path(out: Path, attack: str, seed: int, defense: str) -> Path:
 
 
 def ensure_model(config: SuiteConfig, out: Path, attack: str, seed: int) -> tuple[Path, bool]:
-    """Train the infected model unless its ``record.json`` exists; return its folder, cached.
+    """Train the infected model unless one made with the suite's settings is stored.
 
-    A reused model made with other settings than the suite's now is kept (delete its folder to
-    retrain it), with a warning naming the settings that differ.
+    A stored model made with other settings is trained again (its folder, which ONP wrote, is
+    replaced), with a warning naming the settings that differ.
+
+    Returns:
+        The model's folder, and whether it was reused.
     """
     folder = model_dir(out, attack, seed)
     wanted = config.attack_config(attack, seed, str(folder))
@@ -110,12 +118,11 @@ def ensure_model(config: SuiteConfig, out: Path, attack: str, seed: int) -> tupl
         stored = json.loads((folder / "record.json").read_text()).get("config", {})
         differ = sorted(k for k, v in config_to_dict(wanted).items()
                         if k not in IGNORED_ATTACK_KEYS and stored.get(k) != v)
-        if differ:
-            log.warning("reusing %s although its %s differ from the suite's; delete the folder "
-                        "to retrain", folder, differ)
-        log.info("reusing infected model %s", folder)
-        return folder, True
-    run_attack(wanted)
+        if not differ:
+            log.info("reusing infected model %s", folder)
+            return folder, True
+        log.warning("training %s again: its %s differ from the suite's", folder, differ)
+    run_attack(replace(wanted, overwrite=True))
     return folder, False
 
 
@@ -201,17 +208,23 @@ def _reference_cell(
 
 
 def _cached_cell(
-    config: SuiteConfig, path: Path, defense: str, model_cached: bool
+    config: SuiteConfig, path: Path, defense: str, model_hash: str
 ) -> CellResult | None:
-    """The stored cell, if it may stand in for a rerun: same settings, same infected model."""
-    if not (config.resume and model_cached and path.is_file()):
+    """The stored cell, if it may stand in for a rerun: same settings, same model weights."""
+    if not (config.resume and path.is_file()):
         return None
     stored = CellResult(**json.loads(path.read_text()))
     expected = build_defense(defense, config.options_of(defense)).describe()["settings"]
-    if stored.status != OK or json.loads(json.dumps(expected)) != stored.settings:
+    if (stored.status != OK or json.loads(json.dumps(expected)) != stored.settings
+            or stored.model_hash != model_hash):
         return None
     log.info("reusing finished cell %s", path)
     return stored
+
+
+def _stored_hash(path: Path) -> str | None:
+    """The model hash a stored cell names (cells copied without their model are trusted)."""
+    return json.loads(path.read_text()).get("model_hash") if path.is_file() else None
 
 
 def _unusable(path: Path) -> str:
@@ -236,9 +249,12 @@ def collect_cells(config: SuiteConfig) -> list[CellResult]:
     for seed in config.seeds:
         for attack in config.attacks:
             row: list[CellResult] = []
+            model = model_dir(Path(config.out), attack, seed) / "model"
+            model_hash = weights_hash(load_model(model)) if model.is_dir() else None
             for name in config.defenses:
                 path = cell_path(Path(config.out), attack, seed, name)
-                stored = _cached_cell(replace(config, resume=True), path, name, True)
+                stored = _cached_cell(replace(config, resume=True), path, name,
+                                      model_hash or _stored_hash(path))
                 row.append(stored or CellResult(attack, seed, name, SKIPPED,
                                                 error=f"collect only: {_unusable(path)}"))
             done = [c for c in row if c.status == OK]
@@ -278,12 +294,13 @@ def run_suite(config: SuiteConfig) -> list[CellResult]:
             continue
         cells.append(_reference_cell(attack, seed, before.clean_accuracy,
                                      before.attack_success_rate, before.robust_accuracy, cached))
+        model_hash = weights_hash(subject.model)
         for name in config.defenses:
             path = cell_path(out, attack, seed, name)
-            cell = _cached_cell(config, path, name, cached) or run_cell(
+            cell = _cached_cell(config, path, name, model_hash) or run_cell(
                 subject, before, name, config.options_of(name), attack, seed
             )
-            cell.model_cached = cached
+            cell.model_cached, cell.model_hash = cached, model_hash
             write_json(path, asdict(cell))
             cells.append(cell)
             bar.update(1)

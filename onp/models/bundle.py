@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -120,6 +121,12 @@ def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
 def load_net_state(model: Classifier, state: dict[str, torch.Tensor], where: str) -> None:
     """Load ``state`` (keys of ``model.net``) strictly, with a clear error on mismatch."""
     check_finite(state, where)
+    expected = model.net.state_dict()
+    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+             for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise ONPInputError(f"{where}: weights of the wrong shape for architecture "
+                            f"{model.spec.architecture!r} as the spec describes it: {wrong[:3]}")
     result = model.net.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ONPInputError(
@@ -173,5 +180,10 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Cl
     except json.JSONDecodeError as error:
         raise ONPInputError(f"{spec_path}: not valid JSON ({error})") from error
     model = make_classifier(ModelSpec.from_json(payload, where=str(spec_path)))
-    load_net_state(model, load_file(str(weights_path)), str(weights_path))
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as error:
+        raise ONPInputError(f"{weights_path}: not a readable safetensors file ({error}); the "
+                            "bundle is damaged or incomplete") from None
+    load_net_state(model, state, str(weights_path))
     return model.to(device).eval()

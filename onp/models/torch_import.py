@@ -63,7 +63,8 @@ BACKDOORBENCH_NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
-_REFUSAL_MARKERS = ("Unsupported global", "allowlisted", "Unsupported class")
+_REFUSAL_MARKERS = ("Unsupported global", "allowlisted", "Unsupported class",
+                    "Weights only load failed")
 
 
 def _numpy_safe_globals() -> list[Any]:
@@ -97,16 +98,20 @@ def read_torch_checkpoint(path: Path) -> Any:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if any(marker in str(error) for marker in _REFUSAL_MARKERS):
+        # Whatever weights-only loading refuses is a pickle that asks for more than tensors:
+        # classes, functions (code) or opcodes it does not allow.
+        if not any(marker in str(error) for marker in _REFUSAL_MARKERS):
             raise ONPInputError(
-                f"{path}: not plain weights: loading it would unpickle code or objects "
-                f"({', '.join(_refused_globals(path, error)) or 'unknown'}), which ONP refuses "
-                f"because a pickle can run arbitrary code. In an environment you trust, save "
-                f"only the weights, e.g. torch.save({{'model': ckpt['model'], 'model_name': ..., "
-                f"'num_classes': ...}}, 'weights.pt'), or convert them to safetensors"
-            ) from None
+                f"{path}: not a readable PyTorch checkpoint ({_last_line(error)})") from None
+        found = _refused_globals(path, error)
+        detail = (f"it names {', '.join(found)}" if found else
+                  f"weights-only loading refused it: {_last_line(error)}")
         raise ONPInputError(
-            f"{path}: not a readable PyTorch checkpoint ({_last_line(error)})"
+            f"{path}: refused: this file is a pickle that carries code or objects, not just "
+            f"weights ({detail}). ONP never runs code from a model file. In an environment you "
+            f"trust, save only the weights, e.g. torch.save({{'model': ckpt['model'], "
+            f"'model_name': ..., 'num_classes': ...}}, 'weights.pt'), or convert them to "
+            f"safetensors"
         ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as error:
         raise ONPInputError(f"{path}: not a readable PyTorch checkpoint ({error!r})") from None
@@ -236,7 +241,7 @@ def _preact_final_bn(state: StateDict, options: dict[str, Any], where: str) -> d
     try:
         with torch.device("meta"):
             build_architecture("preact_resnet18", 1, (3, 8, 8), width=1, final_bn=False)
-    except TypeError:
+    except ONPInputError:  # the zoo builder has no final_bn option
         raise ONPInputError(
             f"{where}: these PreActResNet18 weights have no final BatchNorm 'bn' (BackdoorBench's "
             f"layout: conv1 -> layer1..4 -> avgpool -> linear), but the zoo's preact_resnet18 "

@@ -75,8 +75,8 @@ def build_architecture(
     accepted = set(inspect.signature(builder).parameters) - {"num_classes", "input_shape"}
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise ONPInputError(f"model options {unknown}: not options of {name}; it takes "
-                            f"{sorted(accepted)}")
+        raise ONPInputError(f"architecture {name!r} does not accept options "
+                            f"{ {k: options[k] for k in unknown} }; it takes {sorted(accepted)}")
     return builder(num_classes=num_classes, input_shape=tuple(input_shape), **options)
 
 
