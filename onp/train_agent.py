@@ -132,13 +132,25 @@ def make_probe(subject: Subject, config: TrainAgentConfig, out: Path) -> Backdoo
     return probe
 
 
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``... when models share a folder name; added to taken."""
+    candidate, index = name, 1
+    while candidate in taken:
+        index += 1
+        candidate = f"{name}-{index}"
+    taken.add(candidate)
+    return candidate
+
+
 def prepare_tasks(config: TrainAgentConfig, out: Path) -> tuple[list[Subject], list[PruningTask]]:
     """Load each model, estimate its probe and build its pruning task."""
     subjects, tasks = [], []
     task_config = TaskConfig(clean_batch=config.clean_batch, probe_batch=config.probe_batch,
                              check_clean=config.check_clean)
+    names: set[str] = set()
     for path in config.models:
         subject = load_subject(path, config.dataset, config.data_root, config.defense_size)
+        subject.name = unique_name(subject.name, names)
         probe = make_probe(subject, config, out)
         seed_everything(config.seed)  # the same from here whether the probe was cached or not
         tasks.append(build_task(subject.name, subject.model, subject.defense, probe,

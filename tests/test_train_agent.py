@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from agents.checkpoint import STATE_JSON
 from envs.pruning_env import ChannelPruningEnv
+from onp.attack import main as attack_main
 from onp.outputs import MARKER, read_marker
 from onp.train_agent import main
 
@@ -178,3 +179,25 @@ def test_known_trigger_mode_does_not_reuse_the_trigger_free_probe(
     assert json.loads(signal_file.read_text())["probe"]["known_trigger"] is True
     results = json.loads((out / "results.json").read_text())
     assert results["known_trigger"] is True
+
+
+def test_models_in_folders_of_the_same_name_get_their_own_probe_and_results(
+    infected_run, tiny_data, tmp_path
+) -> None:
+    """Two different models both called ``badnets``: two probes, two result entries."""
+    other = tmp_path / "other" / "badnets"
+    assert attack_main(["--dataset", "npz", "--data-root", str(tiny_data), "--model", "resnet",
+                        "--model-options", '{"width": 4, "depth": 8}', "--attack", "badnets",
+                        "--target", "2", "--poison-rate", "0.2", "--epochs", "2",
+                        "--batch-size", "32", "--defense-size", "0.25", "--seed", "1",
+                        "--out", str(other)]) == 0
+    out = tmp_path / "agent"
+    args = _args(infected_run, tiny_data, out, 16)
+    args[1:2] = [str(infected_run / "model"), str(other / "model")]
+    assert main(args) == 0
+    probes = sorted((out / "signal").glob("badnets*.json"))
+    assert len(probes) == 2
+    keys = [json.loads(p.read_text())["key"]["model"] for p in probes]
+    assert keys[0] != keys[1]
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(results["models"]) == ["badnets", "badnets-2"]
