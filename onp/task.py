@@ -185,7 +185,8 @@ def build_task(
     clean = subsample(defense, min(config.clean_batch, len(defense)), seed=seed)
     groups = trace_groups(model, defense.meta.image_shape)
     graph = build_neuron_graph(
-        model, groups, clean.images, probe.images, max_in_edges=config.max_in_edges
+        model, groups, clean.images, probe.images, max_in_edges=config.max_in_edges,
+        clean_labels=clean.labels, trigger_targets=probe.target_labels,
     )
     check = None
     if config.check_clean > 0:

@@ -198,3 +198,34 @@ def test_a_csaw_keras_deepid_gets_an_extra_class_n(tmp_path) -> None:
     assert bool((decisions[flagged] == classes).all()) and bool((decisions <= classes).all())
     report = json.loads((out / "report.json").read_text())
     assert report["num_classes"] == classes and report["test"]["B"]["ASR"] is None
+
+
+def test_prune_only_mode_is_b_with_the_learned_mask_and_nothing_trained(
+    infected_run, tiny_data, tmp_path
+) -> None:
+    out = tmp_path / "prune-only"
+    assert apply_main(_subject_args(infected_run, tiny_data)
+                      + _tiny(out, "--mode", "prune-only")) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["mode"] == "prune-only"
+    assert len(report["sparse"]["rounds"]) == 1
+    masks = json.loads((out / "masks.json").read_text())
+    assert masks["final_pruned"] == masks["seed_pruned"]
+    # B' is B's weights with the seed's channels zeroed: every other weight is untouched
+    original, repaired = load_bundle(infected_run / "model"), load_bundle(out / "repaired")
+    groups = trace_groups(original, original.spec.input_shape)
+    mask = torch.ones(groups.num_nodes, dtype=torch.bool)
+    mask[masks["seed_pruned"]] = False
+    images = torch.rand(8, *original.spec.input_shape)
+    with masked(original, groups, mask):
+        torch.testing.assert_close(repaired(images), original(images))
+    # nothing trained on the held-in images, so G's rules are scored there
+    assert report["G_rules_held_in"] is not None
+    assert "(prune-only)" in (out / "report.md").read_text()
+
+
+def test_an_unknown_mode_is_a_clear_error(infected_run, tiny_data, tmp_path, caplog) -> None:
+    out = tmp_path / "x"
+    assert apply_main(_subject_args(infected_run, tiny_data) + _tiny(out, "--mode", "fast")) == 2
+    assert "--mode: expected one of ['prune-and-regrow', 'prune-only']" in caplog.text
+    assert not out.exists()

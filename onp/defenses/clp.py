@@ -35,6 +35,7 @@ from onp.defenses import defaults
 from onp.defenses.base import Defense, RepairResult, register_defense
 from onp.defenses.common import held_in_accuracy, largest_within_drop, split_for_selection
 from onp.defenses.neuron_masks import batchnorm_pairs
+from onp.graph.evidence import channel_lipschitz_bound
 from onp.graph.groups import trace_groups
 
 LayerBounds = dict[str, tuple[torch.Tensor, str | None]]
@@ -57,21 +58,6 @@ class ClpSettings:
     u_candidates: tuple[float, ...] = ()
     max_drop: float = defaults.MASK_PRUNING_MAX_DROP
     held_in_fraction: float = defaults.HELD_IN_FRACTION
-
-
-@torch.no_grad()
-def channel_lipschitz_bound(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> torch.Tensor:
-    """UCLC of each output channel of ``conv`` (times BatchNorm's scale when ``bn`` is given).
-
-    Returns:
-        ``[C_out]`` float, on the CPU.
-    """
-    weight = conv.weight.detach().float().cpu().flatten(2)  # [C_out, C_in / groups, kh * kw]
-    bound = torch.linalg.matrix_norm(weight, ord=2)
-    if bn is not None and bn.running_var is not None:
-        scale = bn.weight.detach().float().cpu() if bn.weight is not None else 1.0
-        bound = bound * (scale / torch.sqrt(bn.running_var.float().cpu() + bn.eps)).abs()
-    return bound
 
 
 def layer_bounds(model: nn.Module, input_shape: tuple[int, int, int]) -> LayerBounds:

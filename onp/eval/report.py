@@ -222,7 +222,7 @@ def _row(cells: list[Any]) -> str:
 
 def markdown_report(report: dict[str, Any]) -> str:
     """``report.md``: the held-out tables, the defense-data numbers, rounds and wall time."""
-    lines = [f"# ONP repair of {report['name']}", "",
+    lines = [f"# ONP repair of {report['name']} ({report['mode']})", "",
              f"Model `{report['model']}`; probe: {report['probe']['source']} "
              f"(known trigger: {report['probe']['known_trigger']}); seed mask: "
              f"{report['mask']['source']}, {report['mask']['pruned']} of "
@@ -283,20 +283,21 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Write ``report.json``, ``report.md``, ``masks.json`` and ``plots/`` into ``directory``.
 
-    ``rule_probe`` scores G's rules on held-in data (default: the selection probe). With
-    ``config.refit`` they are not scored: B' trained on the held-in images.
+    ``rule_probe`` scores G's rules on held-in data (default: the selection probe). When B'
+    was refit they are not scored: B' trained on the held-in images.
     """
     seed, final = choice.mask, result.mask
     probe = stage.selection_probe
     rule_probe = probe if rule_probe is None else rule_probe
     after = held_in_scores(detector.repaired, stage.held_in, probe)
     held_in_rules = None
-    if not config.refit:
+    if not config.trains_on_held_in:
         held_in_rules = rule_table(detector.original, detector.repaired, stage.held_in,
                                    rule_probe, (detector.rule, detector.threshold),
                                    detector.targets)
     report: dict[str, Any] = {
-        "name": inputs.name, "model": config.model, "num_classes": inputs.model.spec.num_classes,
+        "name": inputs.name, "model": config.model, "mode": config.mode,
+        "num_classes": inputs.model.spec.num_classes,
         "sources": inputs.sources, "probe": stage.probe.describe(), "signal": stage.record,
         "data": {"defense": len(inputs.defense), "fit": len(stage.fit),
                  "held_in": len(stage.held_in), "probe": len(stage.probe),
@@ -310,7 +311,8 @@ def write_outputs(
                    "seed_channels_in_final": int((~seed & ~final).sum()),
                    "rounds": [r.to_json() for r in result.rounds]},
         "held_in": {"B": _held(result.before), "B + seed mask": _held(result.seeded),
-                    ("B' (refit: trained on these images)" if config.refit else "B'"):
+                    ("B' (refit: trained on these images)" if config.trains_on_held_in
+                     else "B'"):
                         _held(after)},
         "G_rules_held_in": held_in_rules,
         **evaluation, "seconds": {**seconds, "total": round(sum(seconds.values()), 1)},
@@ -319,7 +321,7 @@ def write_outputs(
         "groups": groups.describe(), "seed_pruned": torch.nonzero(~seed).flatten().tolist(),
         "final_pruned": torch.nonzero(~final).flatten().tolist()})
     plots = directory / "plots"
-    save_round_curves_png(result, plots / "rounds.png", f"prune-and-regrow on {inputs.name}")
+    save_round_curves_png(result, plots / "rounds.png", f"{config.mode} on {inputs.name}")
     pruning_map = torch.where(~seed & ~final, SEED_PRUNED,
                               torch.where(~final, ROUND_PRUNED, 0.0))
     save_layer_scores_png(pruning_map, groups, plots / "pruning_map.png",

@@ -35,6 +35,12 @@ trigger_z           ``(mean_triggered - mean_clean) / (std_clean + eps)`` of the
 trigger_z_abs       ``|trigger_z|``
 trigger_rank        rank of ``trigger_z_abs`` within the group, scaled to 0..1 (1 = strongest;
                     ties share their mean rank; 0.5 for a one-channel group)
+clp_z               CLP's channel Lipschitz upper bound, standardized within the group (data-free;
+                    :mod:`onp.graph.evidence`); CLP prunes ``clp_z > 3``
+clean_contribution  first-order drop of the clean images' class margin when the node is pruned,
+                    divided by its largest absolute value over the model (-1..1; 0 without labels)
+backdoor_contrib    the same for the suspected-trigger images' margin for the suspected target:
+                    positive = pruning the node weakens the trigger (0 without trigger images)
 ==================  ==============================================================================
 
 Activations are collected with forward hooks in one pass over the clean images (and one over the
@@ -53,6 +59,7 @@ import torch
 from torch import nn
 
 from onp.errors import ONPInputError
+from onp.graph.evidence import BATCHNORM_TYPES, clp_scores, margin_contributions, scaled
 from onp.graph.groups import ChannelGroup, ChannelGroups
 
 log = logging.getLogger(__name__)
@@ -78,6 +85,9 @@ NODE_FEATURES: tuple[str, ...] = (
     "trigger_z",
     "trigger_z_abs",
     "trigger_rank",
+    "clp_z",
+    "clean_contribution",
+    "backdoor_contrib",
 )
 """Names of the columns of :func:`node_features`, in order (see the module docstring)."""
 
@@ -96,8 +106,6 @@ STD_EPS = 1e-6
 SINGLE_RANK = 0.5
 """Rank feature of a one-channel group, which has nothing to be ranked against."""
 
-BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-"""Mask points read for the ``bn_*`` features and measured (post-BN) for the ``act_*`` ones."""
 
 _INDEX = {name: i for i, name in enumerate(NODE_FEATURES)}
 
@@ -305,6 +313,8 @@ def node_features(
     clean_images: torch.Tensor,
     triggered_images: torch.Tensor | None = None,
     batch_size: int = 256,
+    clean_labels: torch.Tensor | None = None,
+    trigger_targets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Features of every channel node: structure, weights, BatchNorm, activations, trigger response.
 
@@ -316,6 +326,10 @@ def node_features(
             trigger columns are then 0 with ``has_trigger = 0``). They need not be the clean
             images themselves: the response compares per-channel means of the two sets.
         batch_size: Images per forward pass; the result does not depend on it (default: 256).
+        clean_labels: The clean images' labels, for ``clean_contribution`` (default: none,
+            the column is then 0).
+        trigger_targets: The class each triggered image's trigger aims at, for
+            ``backdoor_contrib`` (default: none, the column is then 0).
 
     Returns:
         The feature matrix; columns named by :data:`NODE_FEATURES`.
@@ -323,6 +337,7 @@ def node_features(
     Shapes:
         clean_images: ``[B, C, H, W]`` with ``(C, H, W) == groups.input_shape``.
         triggered_images: ``[B', C, H, W]``, any ``B'``.
+        clean_labels: ``[B]`` int64; trigger_targets: ``[B']`` int64.
         output: ``[num_nodes, F]`` float32, ``F = len(NODE_FEATURES)``, all finite.
 
     Raises:
@@ -342,11 +357,15 @@ def node_features(
         triggered = _collect_stats(model, hooked, triggered_images, batch_size)
     modules = dict(model.named_modules())
     max_order = max(max(g.order for g in groups.groups), 1)
+    contributions = _contribution_columns(model, groups, clean_images, clean_labels,
+                                          triggered_images, trigger_targets, batch_size)
     rows = []
-    for group, group_points in zip(groups.groups, points, strict=True):
+    for group, group_points, evidence in zip(groups.groups, points, contributions, strict=True):
         columns = {
             **_static_columns(modules, group, len(groups.groups), max_order),
             **_activation_columns(group_points, clean, triggered),
+            "clp_z": clp_scores(modules, group),
+            **evidence,
         }
         rows.append(torch.stack([
             torch.as_tensor(columns[name], dtype=torch.float64).expand(group.size)
@@ -358,6 +377,23 @@ def node_features(
         raise AssertionError(f"node features not finite in columns {bad}")
     log.debug("node features %s from %d clean images", tuple(features.shape), len(clean_images))
     return features
+
+
+def _contribution_columns(
+    model: nn.Module, groups: ChannelGroups, clean_images: torch.Tensor,
+    clean_labels: torch.Tensor | None, triggered_images: torch.Tensor | None,
+    trigger_targets: torch.Tensor | None, batch_size: int,
+) -> list[Columns]:
+    """Per group, ``clean_contribution`` and ``backdoor_contrib`` (0 where not measurable)."""
+    zeros = torch.zeros(groups.num_nodes, dtype=torch.float64)
+    clean = zeros if clean_labels is None else scaled(
+        margin_contributions(model, groups, clean_images, clean_labels, batch_size))
+    backdoor = zeros
+    if triggered_images is not None and trigger_targets is not None:
+        backdoor = scaled(margin_contributions(model, groups, triggered_images, trigger_targets,
+                                             batch_size))
+    return [{"clean_contribution": c, "backdoor_contrib": b}
+            for c, b in zip(groups.split(clean), groups.split(backdoor), strict=True)]
 
 
 def _check_images(what: str, images: torch.Tensor, input_shape: tuple[int, int, int]) -> None:

@@ -189,6 +189,8 @@ def build_neuron_graph(
     triggered_images: torch.Tensor | None = None,
     max_in_edges: int | None = DEFAULT_MAX_IN_EDGES,
     batch_size: int = 256,
+    clean_labels: torch.Tensor | None = None,
+    trigger_targets: torch.Tensor | None = None,
 ) -> Data:
     """The neuron-connectivity graph of ``model``: channel nodes, features and weighted edges.
 
@@ -200,6 +202,10 @@ def build_neuron_graph(
             features, or ``None`` (default: ``None``).
         max_in_edges: Strongest incoming edges kept per node, or ``None`` for all (default: 8).
         batch_size: Images per forward pass (default: 256).
+        clean_labels: ``[B]`` labels of the clean images, for the clean loss contribution
+            (default: none).
+        trigger_targets: ``[B']`` the suspected target of each triggered image, for the backdoor
+            loss contribution (default: none).
 
     Returns:
         The graph. Its attributes are ``x``, ``edge_index``, ``edge_attr``, ``node_group``,
@@ -218,7 +224,8 @@ def build_neuron_graph(
         ONPInputError: If the images or ``max_in_edges`` are invalid, or the model's layers do not
             fit its groups.
     """
-    x = node_features(model, groups, clean_images, triggered_images, batch_size=batch_size)
+    x = node_features(model, groups, clean_images, triggered_images, batch_size=batch_size,
+                      clean_labels=clean_labels, trigger_targets=trigger_targets)
     start = time.perf_counter()
     edge_index, edge_attr = neuron_edges(model, groups, max_in_edges)
     log.debug("neuron graph edges: %d in %.3f s", edge_index.shape[1], time.perf_counter() - start)

@@ -70,6 +70,7 @@ from onp.repair.sparse import (
     SparseConfig,
     SparseResult,
     Stamp,
+    mask_only,
     prune_and_regrow,
 )
 from onp.repair.unlearn import (
@@ -114,6 +115,9 @@ DATA_FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".npz": "npz"}
 # A given policy is applied as is (0 steps).
 DEFAULT_AGENT_TIMESTEPS = 1024
 DEFAULT_PPO = {"n_epochs": 2}
+PRUNE_AND_REGROW, PRUNE_ONLY = "prune-and-regrow", "prune-only"
+MODES = (PRUNE_AND_REGROW, PRUNE_ONLY)
+"""``--mode``: fine-tune from the learned mask (the default), or B' = B with the mask alone."""
 
 
 def _help(text: str) -> dict[str, str]:
@@ -128,6 +132,9 @@ class ApplyConfig:
     """
 
     model: str = field(default="", metadata=_help("bundle dir, Keras .h5 or torch checkpoint"))
+    mode: str = field(default=PRUNE_AND_REGROW, metadata=_help(
+        "prune-and-regrow (fine-tune from the learned mask) or prune-only (B' = B with the "
+        "learned mask, nothing trained)"))
     dataset: str | None = field(default=None, metadata=_help(
         "registered dataset of an onp.attack bundle: its defense split and test sets"))
     data_root: str | None = field(default=None, metadata=_help("dataset location"))
@@ -209,6 +216,8 @@ class ApplyConfig:
         "replace an earlier ONP output in --out (a folder ONP did not write is never touched)"))
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ONPInputError(f"--mode: expected one of {list(MODES)}, found {self.mode!r}")
         if not 0.0 <= self.perturbation_eps <= 1.0 or self.warp_shift < 0 or min(
                 self.perturbation_steps, self.refresh_steps) < 0 or self.universal_batch_size < 1:
             raise ONPInputError(f"apply: perturbation_eps must lie in [0, 1], warp_shift be "
@@ -222,9 +231,14 @@ class ApplyConfig:
         self.sparse_config  # noqa: B018 -- validates the fine-tuning settings early
         if self.detector_rule != AUTO_RULE:
             check_rule(self.detector_rule, self.detector_threshold)
-        elif self.refit:
+        elif self.trains_on_held_in:
             raise ONPInputError("apply: --detector-rule auto chooses G's rule on the held-in "
                                 "images, which --refit trains B' on; pass --refit false with it")
+
+    @property
+    def trains_on_held_in(self) -> bool:
+        """Whether B' is trained on the held-in images too (the refit of prune-and-regrow)."""
+        return self.mode == PRUNE_AND_REGROW and self.refit
 
     @property
     def resolved_agent_timesteps(self) -> int:
@@ -516,16 +530,22 @@ def run_apply(
         choice = (MaskChoice(seed_mask, "given", 0, None) if seed_mask is not None
                   else choose_mask(task, config))
     with timer.stage("repair"):
-        result = prune_and_regrow(inputs.model, task.groups, stage.fit, stage.held_in,
-                                  stage.selection_probe, choice.mask, config.sparse_config,
-                                  config.seed, inputs.test_poisoned, stage.stamp)
+        prune_only = config.mode == PRUNE_ONLY
+        if prune_only:
+            result = mask_only(inputs.model, task.groups, stage.held_in, stage.selection_probe,
+                               choice.mask, config.sparse_config.asr_weight, inputs.test_poisoned)
+        else:
+            result = prune_and_regrow(inputs.model, task.groups, stage.fit, stage.held_in,
+                                      stage.selection_probe, choice.mask, config.sparse_config,
+                                      config.seed, inputs.test_poisoned, stage.stamp)
         repaired = repaired_classifier(result, inputs.model, inputs.name)
         rule = (config.detector_rule, config.detector_threshold)
-        # G's rules are scored on held-in data only without refit (refit trains on it)
-        rule_probe = None if config.refit else detector_probe(stage, repaired, config)
+        # G's rules are scored on held-in data only when nothing trained on it (refit does)
+        rule_probe = (None if config.trains_on_held_in
+                      else detector_probe(stage, repaired, config))
         targets = suspected_targets(stage)
         if config.detector_rule == AUTO_RULE:
-            assert rule_probe is not None  # auto goes without refit (ApplyConfig)
+            assert rule_probe is not None  # auto goes without refit or prune-only (ApplyConfig)
             rule = held_in_rule(inputs.model, repaired, stage.held_in, rule_probe, targets)
         detector = BackdoorDetector(inputs.model, repaired, *rule, targets=targets)
     with timer.stage("evaluate"):

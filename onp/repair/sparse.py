@@ -601,3 +601,26 @@ def prune_and_regrow(
                         seeded)
 
 
+
+
+def mask_only(
+    model: nn.Module, groups: ChannelGroups, held_in: ImageSet, probe: BackdoorProbe,
+    mask: ChannelMask, asr_weight: float = 1.0, evaluation: BackdoorProbe | None = None,
+) -> SparseResult:
+    """The prune-only repair: a copy of ``model`` with ``mask`` baked in, nothing trained.
+
+    Returns the same record as :func:`prune_and_regrow`, with one "round": the mask itself,
+    scored on the held-in data (and on ``evaluation``, for the report only).
+    """
+    start = time.perf_counter()
+    mask = check_mask(groups, mask)
+    work = copy.deepcopy(model).eval()
+    before = held_in_scores(work, held_in, probe)
+    bake_mask(work, groups, mask)
+    ca, asr = held_in_scores(work, held_in, probe)
+    curve = None if evaluation is None else first_images(evaluation, CURVE_IMAGES)
+    true_asr = None if curve is None else curve.asr_of(predict(work, curve.images))
+    pruned = int((~mask).sum())
+    record = RoundRecord(0, 0.0, 0.0, pruned, 0, pruned, ca, asr, ca - asr_weight * asr,
+                         true_asr, time.perf_counter() - start)
+    return SparseResult(work, mask, 0, [record], [mask], before, (ca, asr))

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from onp.defenses import build_defense, clp
-from onp.defenses.clp import channel_lipschitz_bound, channels_to_prune, layer_bounds
+from onp.defenses.clp import channels_to_prune, layer_bounds
+from onp.graph.evidence import channel_lipschitz_bound
 
 
 def _conv() -> nn.Conv2d:
