@@ -28,7 +28,9 @@ TINY_PPO = '{"n_steps": 16, "batch_size": 8, "n_epochs": 1, "hidden": 8, "layers
 
 
 def _tiny(out: Path, *extra: str) -> list[str]:
-    return ["--signal", TINY_SIGNAL, "--ppo", TINY_PPO, "--agent-timesteps", "16",
+    """Tiny budgets; a policy trained here (not the shipped one) unless ``extra`` names one."""
+    policy = [] if "--policy" in extra else ["--policy", "none"]
+    return ["--signal", TINY_SIGNAL, "--ppo", TINY_PPO, "--agent-timesteps", "16", *policy,
             "--rounds", "2", "--clean-batch", "64", "--probe-batch", "32",
             "--perturbation-steps", "8", "--refresh-steps", "2", "--out", str(out), *extra]
 
@@ -97,12 +99,62 @@ def test_b_prime_has_its_mask_baked_and_the_compact_copy_agrees(applied, tiny_da
     assert bool((decisions[~agree] == detector.num_classes).all())
 
 
-def test_a_trained_policy_is_applied_as_is(infected_run, tiny_data, tmp_path) -> None:
-    agent = tmp_path / "agent"
-    assert train_agent_main(["--models", str(infected_run / "model"), "--dataset", "npz",
-                             "--data-root", str(tiny_data), "--timesteps", "16", "--ppo",
-                             TINY_PPO, "--signal", TINY_SIGNAL, "--clean-batch", "64",
-                             "--probe-batch", "32", "--out", str(agent)]) == 0
+@pytest.fixture(scope="module")
+def tiny_policy(infected_run, tiny_data, tmp_path_factory, single_thread) -> Path:
+    """A policy trained by train_agent on the tiny model."""
+    agent = tmp_path_factory.mktemp("policy") / "agent"
+    with single_thread():
+        assert train_agent_main(["--models", str(infected_run / "model"), "--dataset", "npz",
+                                 "--data-root", str(tiny_data), "--timesteps", "16", "--ppo",
+                                 TINY_PPO, "--signal", TINY_SIGNAL, "--clean-batch", "64",
+                                 "--probe-batch", "32", "--out", str(agent)]) == 0
+    return agent / "policy"
+
+
+def test_the_shipped_policy_is_the_default_when_the_model_fits(
+    infected_run, tiny_data, tmp_path, tiny_policy, monkeypatch
+) -> None:
+    monkeypatch.setattr(pipeline, "shipped_policy", lambda: tiny_policy)
+    out = tmp_path / "apply"
+    args = _subject_args(infected_run, tiny_data) + _tiny(out, "--policy", "shipped")
+    args.remove("--agent-timesteps")
+    args.remove("16")
+    assert apply_main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["mask"]["source"].startswith("shipped:") and report["mask"]["timesteps"] == 0
+    # asked to fine-tune it: the same policy, trained on for the given steps
+    again = tmp_path / "finetuned"
+    assert apply_main(_subject_args(infected_run, tiny_data) + _tiny(again, "--policy",
+                                                                     "shipped")) == 0
+    report = json.loads((again / "report.json").read_text())
+    assert report["mask"]["source"].startswith("shipped-finetuned:")
+    assert report["mask"]["timesteps"] == 16
+
+
+def test_a_model_the_shipped_policy_cannot_take_gets_a_policy_trained_here(
+    infected_run, tiny_data, tmp_path, tiny_policy, monkeypatch
+) -> None:
+    small = tmp_path / "small-policy"
+    small.mkdir()
+    (small / "policy.safetensors").write_bytes((tiny_policy / "policy.safetensors").read_bytes())
+    spec = json.loads((tiny_policy / "policy.json").read_text())
+    (small / "policy.json").write_text(json.dumps({**spec, "max_nodes": 2}))
+    monkeypatch.setattr(pipeline, "shipped_policy", lambda: small)
+    out = tmp_path / "apply"
+    assert apply_main(_subject_args(infected_run, tiny_data) + _tiny(out, "--policy",
+                                                                     "shipped")) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["mask"]["source"].startswith("trained (the shipped policy does not fit)")
+    monkeypatch.setattr(pipeline, "shipped_policy", lambda: None)
+    out = tmp_path / "none-shipped"
+    assert apply_main(_subject_args(infected_run, tiny_data) + _tiny(out, "--policy",
+                                                                     "shipped")) == 0
+    assert json.loads((out / "report.json").read_text())["mask"]["source"].startswith("trained:")
+
+
+def test_a_trained_policy_is_applied_as_is(infected_run, tiny_data, tmp_path,
+                                           tiny_policy) -> None:
+    agent = tiny_policy.parent
     out = tmp_path / "apply"
     args = _subject_args(infected_run, tiny_data) + _tiny(out, "--policy", str(agent / "policy"),
                                                           "--detector-rule", "auto",

@@ -6,10 +6,12 @@ Stages (each timed for the report):
    dataset with a bundle from ``onp.attack``, or ``--eval-data``/``--eval-poisoned`` files);
 2. **signal**: the defense set is split into a fitting part and a held-in part; the trigger-free
    probe (synthesized trigger on held-in images) is estimated from the fitting part;
-3. **mask**: a GNN policy prunes channels on the neuron graph (a given policy applied as is or
-   fine-tuned, or one trained on the spot); the best mask by defense utility is the seed;
+3. **mask**: a GNN policy prunes channels on the neuron graph (the shipped pretrained policy or
+   a given one, applied as is or fine-tuned, or one trained on the spot); the best mask by
+   defense utility is the seed;
 4. **repair**: sparse prune-and-regrow fine-tuning on the fitting part, the checkpoint chosen on
-   the held-in part (:mod:`onp.repair.sparse`);
+   the held-in part (:mod:`onp.repair.sparse`); with ``--mode prune-only``, B' is B with the
+   seed mask and nothing is trained;
 5. **evaluate** (held-out data only for reporting) and **save**: B', its compact copy, G, the
    report and plots, all written to a temporary folder moved onto ``out`` only on success.
 """
@@ -46,6 +48,7 @@ from onp.io import write_json
 from onp.models.bundle import Classifier, save_bundle
 from onp.models.loading import load_model
 from onp.outputs import atomic_output, claim_output
+from onp.policies import shipped_policy
 from onp.repair.compact import save_compact
 from onp.repair.detector import (
     AUTO_RULE,
@@ -115,6 +118,8 @@ DATA_FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".npz": "npz"}
 # A given policy is applied as is (0 steps).
 DEFAULT_AGENT_TIMESTEPS = 1024
 DEFAULT_PPO = {"n_epochs": 2}
+SHIPPED, NO_POLICY = "shipped", "none"
+"""``--policy`` values that name no folder: the package's pretrained policy, or none."""
 PRUNE_AND_REGROW, PRUNE_ONLY = "prune-and-regrow", "prune-only"
 MODES = (PRUNE_AND_REGROW, PRUNE_ONLY)
 """``--mode``: fine-tune from the learned mask (the default), or B' = B with the mask alone."""
@@ -147,9 +152,12 @@ class ApplyConfig:
         "held-out poisoned file, labels = attack targets (report)"))
     known_trigger: bool = field(default=False, metadata=_help("probe with the bundle's trigger"))
     signal: dict = field(default_factory=dict, metadata=_help("JSON SignalConfig overrides"))
-    policy: str | None = field(default=None, metadata=_help("trained policy dir (train_agent)"))
+    policy: str = field(default=SHIPPED, metadata=_help(
+        "pruning policy: 'shipped' (the pretrained one in the package, when the model fits it; "
+        "else one is trained here), 'none' (train one here) or a policy dir (train_agent)"))
     agent_timesteps: int | None = field(default=None, metadata=_help(
-        f"PPO steps: training (default {DEFAULT_AGENT_TIMESTEPS}) or fine-tuning --policy (0)"))
+        f"PPO steps: fine-tuning a policy (default 0: applied as is) or training one here "
+        f"(default {DEFAULT_AGENT_TIMESTEPS})"))
     ppo: dict = field(default_factory=lambda: dict(DEFAULT_PPO),
                       metadata=_help("JSON PPOConfig overrides"))
     budget_fraction: float = field(default=0.1, metadata=_help("agent steps / channel nodes"))
@@ -241,11 +249,9 @@ class ApplyConfig:
         return self.mode == PRUNE_AND_REGROW and self.refit
 
     @property
-    def resolved_agent_timesteps(self) -> int:
-        """PPO steps to run: as given, else 0 with a policy, else the default."""
-        if self.agent_timesteps is not None:
-            return self.agent_timesteps
-        return 0 if self.policy is not None else DEFAULT_AGENT_TIMESTEPS
+    def policy_dir(self) -> str | None:
+        """``--policy`` when it names a folder, else ``None``."""
+        return None if self.policy in (SHIPPED, NO_POLICY) else self.policy
 
     @property
     def sparse_config(self) -> SparseConfig:
@@ -435,11 +441,36 @@ def _seed_mask(result: Any, timesteps: int, source: str) -> MaskChoice:
     return MaskChoice(choice.mask, f"{source}:{choice.source}", timesteps, choice.check_utility)
 
 
+def starting_policy(task: PruningTask, config: ApplyConfig) -> tuple[Path | None, str]:
+    """The policy folder the agent starts from (``None``: a fresh one) and its name.
+
+    ``--policy shipped`` falls back to a fresh policy when the package has none, or when the
+    model does not fit it (more channel nodes than it was built for, other features).
+    """
+    if config.policy == NO_POLICY:
+        return None, "trained"
+    if config.policy != SHIPPED:
+        return Path(config.policy), "policy"
+    directory = shipped_policy()
+    if directory is None:
+        log.info("apply: this install ships no pretrained policy; training one here")
+        return None, "trained"
+    spec = read_policy_spec(directory)
+    features = int(task.graph.x.shape[1]) + 1  # the env adds the mask state
+    if task.num_nodes > int(spec["max_nodes"]) or features != int(spec["num_features"]):
+        log.warning("apply: the shipped policy takes up to %d channel nodes with %d features; "
+                    "this model has %d with %d: training a policy here instead",
+                    spec["max_nodes"], spec["num_features"], task.num_nodes, features)
+        return None, "trained (the shipped policy does not fit)"
+    return directory, "shipped"
+
+
 def choose_mask(task: PruningTask, config: ApplyConfig) -> MaskChoice:
     """Run (and train, or fine-tune) the pruning policy on ``task``; return the seed mask."""
     ppo_values, max_nodes = dict(config.ppo), 0
-    if config.policy is not None:
-        spec = read_policy_spec(config.policy)
+    policy, source = starting_policy(task, config)
+    if policy is not None:
+        spec = read_policy_spec(policy)
         ppo_values, max_nodes = {**spec["ppo"], **config.ppo}, int(spec["max_nodes"])
         if task.num_nodes > max_nodes:
             raise ONPInputError(f"{config.policy}: the policy takes up to {max_nodes} channel "
@@ -448,10 +479,12 @@ def choose_mask(task: PruningTask, config: ApplyConfig) -> MaskChoice:
     env = ChannelPruningEnv(task, EnvConfig(
         budget_fraction=config.budget_fraction, asr_threshold=config.asr_threshold,
         asr_weight=config.asr_weight, max_nodes=max_nodes))
-    steps = config.resolved_agent_timesteps
-    result = learn(env, ppo, steps, config.seed, None, config.policy, device=config.device)
-    source = "trained" if config.policy is None else ("policy" if steps == 0 else
-                                                      "policy-finetuned")
+    steps = config.agent_timesteps
+    if steps is None:
+        steps = 0 if policy is not None else DEFAULT_AGENT_TIMESTEPS
+    result = learn(env, ppo, steps, config.seed, None, policy, device=config.device)
+    if policy is not None and steps > 0:
+        source += "-finetuned"
     return _seed_mask(result, steps, source)
 
 
@@ -515,7 +548,7 @@ def run_apply(
         ONPInputError: For bad inputs; ``config.out`` is then left as it was.
     """
     out = claim_output(config.out, COMMAND, inputs=(
-        config.model, config.data, config.eval_data, config.eval_poisoned, config.policy,
+        config.model, config.data, config.eval_data, config.eval_poisoned, config.policy_dir,
         config.data_root), overwrite=config.overwrite)
     timer = StageTimer()
     seed_everything(config.seed)
