@@ -1,7 +1,7 @@
 """What ``--detector-rule auto`` gives on finished ``onp.apply`` runs, from their reports.
 
 B' does not depend on G's rule, and every report scores all of
-:data:`~onp.eval.report.ALTERNATIVE_RULES` on held-in defense data (``G_rules_held_in``) and on
+:data:`~onp.repair.report.ALTERNATIVE_RULES` on held-in defense data (``G_rules_held_in``) and on
 the test sets (``test.G_rules``). This script applies :func:`~onp.repair.detector.choose_rule` to
 the held-in scores (what ``auto`` does during a run) and prints the chosen rule's test row next to
 the default rule's.
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from onp.eval.report import rule_name, rule_scores
+from onp.repair.report import rule_name, rule_scores
 from onp.repair.detector import DEFAULT_RULE, DEFAULT_THRESHOLD, choose_rule
 
 COLUMNS = ("clean_accuracy", "false_alarm", "flagged_or_true")

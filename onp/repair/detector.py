@@ -81,7 +81,7 @@ def choose_rule(
 
     Args:
         scores: ``(rule, threshold)`` to G's rates in % (``clean_accuracy``,
-            ``flagged_or_true``), as :func:`onp.eval.report.rule_table` gives them.
+            ``flagged_or_true``), as :func:`onp.repair.report.rule_table` gives them.
         min_flagged_or_true: The bar, in %.
     """
     if not scores:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -24,14 +24,12 @@ from onp.eval.metrics import accuracy_of, attack_success_rate, defense_effective
 from onp.graph.groups import ChannelGroups
 from onp.graph.plot import save_layer_scores_png
 from onp.io import atomic_path, write_json
+from onp.models.bundle import Classifier
+from onp.repair.apply_config import ApplyConfig
 from onp.repair.detector import BackdoorDetector, decide
-from onp.repair.sparse import held_in_scores
+from onp.repair.sparse import SparseResult, held_in_scores
+from onp.repair.stages import ApplyInputs, MaskChoice, ProbeStage
 from onp.signal.probe import UNKNOWN_LABEL, BackdoorProbe
-
-if TYPE_CHECKING:  # the pipeline imports this module
-    from onp.models.bundle import Classifier
-    from onp.repair.pipeline import ApplyConfig, ApplyInputs, MaskChoice, ProbeStage
-    from onp.repair.sparse import SparseResult
 
 log = logging.getLogger(__name__)
 
