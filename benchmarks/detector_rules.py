@@ -15,8 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from onp.repair.report import rule_name, rule_scores
 from onp.repair.detector import DEFAULT_RULE, DEFAULT_THRESHOLD, choose_rule
+from onp.repair.report import rule_name, rule_scores
 
 COLUMNS = ("clean_accuracy", "false_alarm", "flagged_or_true")
 

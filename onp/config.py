@@ -14,7 +14,7 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import yaml
 
@@ -86,7 +86,7 @@ def _coerce(value: Any, annotation: Any) -> Any:
             raise TypeError
         if not isinstance(value, _SCALARS[annotation]):
             raise TypeError
-        return float(value) if annotation is float else value
+        return float(cast(float, value)) if annotation is float else value
     if origin is tuple or annotation is tuple:
         if not isinstance(value, (list, tuple)):
             raise TypeError

@@ -208,7 +208,7 @@ def _reference_cell(
 
 
 def _cached_cell(
-    config: SuiteConfig, path: Path, defense: str, model_hash: str
+    config: SuiteConfig, path: Path, defense: str, model_hash: str | None
 ) -> CellResult | None:
     """The stored cell, if it may stand in for a rerun: same settings, same model weights."""
     if not (config.resume and path.is_file()):

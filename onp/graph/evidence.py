@@ -41,7 +41,9 @@ SCALE_EPS = 1e-12
 
 
 @torch.no_grad()
-def channel_lipschitz_bound(layer: nn.Module, bn: nn.Module | None = None) -> torch.Tensor:
+def channel_lipschitz_bound(
+    layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm | None = None
+) -> torch.Tensor:
     """UCLC of each output channel of a conv or dense ``layer`` (times ``bn``'s scale if given).
 
     Shapes:
@@ -50,7 +52,7 @@ def channel_lipschitz_bound(layer: nn.Module, bn: nn.Module | None = None) -> to
     weight = cast(torch.Tensor, layer.weight).detach().float().cpu()
     weight = weight.flatten(2) if weight.ndim > 2 else weight[:, None, :]
     bound = torch.linalg.matrix_norm(weight, ord=2)
-    if bn is not None and getattr(bn, "running_var", None) is not None:
+    if bn is not None and bn.running_var is not None:
         scale = bn.weight.detach().float().cpu() if bn.weight is not None else 1.0
         bound = bound * (scale / torch.sqrt(bn.running_var.float().cpu() + bn.eps)).abs()
     return bound
@@ -62,7 +64,8 @@ def clp_scores(modules: dict[str, nn.Module], group: ChannelGroup) -> torch.Tens
     Shapes:
         output: ``[group.size]`` float64.
     """
-    norms = [modules[n] for n in group.mask_points if isinstance(modules[n], BATCHNORM_TYPES)]
+    norms = [cast(nn.modules.batchnorm._BatchNorm, modules[n]) for n in group.mask_points
+             if isinstance(modules[n], BATCHNORM_TYPES)]
     bn = norms[0] if len(group.producers) == 1 and len(norms) == 1 else None
     bound = torch.stack([channel_lipschitz_bound(modules[name], bn)
                          for name in group.producers]).mean(0).double()
