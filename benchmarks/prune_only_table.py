@@ -96,7 +96,7 @@ def random_metrics(subject: Subject, task: PruningTask, count: int, draws: int,
 
 
 def run_model(path: Path, methods: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    subject = load_subject(path)
+    subject = load_subject(path, args.dataset, args.data_root)
     before = metrics_of(subject)
     probe = make_probe(subject, TrainAgentConfig(seed=args.seed), args.out)
     task = build_task(subject.name, subject.model, subject.defense, probe,
@@ -123,8 +123,9 @@ def run_model(path: Path, methods: list[str], args: argparse.Namespace) -> dict[
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows[method] = row
         log.info("%s %s: %s", subject.name, method, row)
-    attack = subject.model.spec.attack or {}
-    return {"model": str(path), "attack": attack.get("kind"), "rows": rows}
+    attack = (subject.model.spec.attack or {}).get("config", {})
+    return {"model": str(path), "attack": attack.get("kind"), "target": attack.get("target"),
+            "rows": rows}
 
 
 def markdown(results: list[dict[str, Any]], methods: list[str]) -> str:
@@ -149,6 +150,8 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=512)
     parser.add_argument("--random-draws", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--data-root", default=None)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
