@@ -213,6 +213,10 @@ def _seed_mask(result: Any, timesteps: int, source: str) -> MaskChoice:
     return MaskChoice(choice.mask, f"{source}:{choice.source}", timesteps, choice.check_utility)
 
 
+NETWORK_SHAPE = ("hidden", "layers", "heads")
+"""PPOConfig keys that shape the policy's network: a saved policy fixes them."""
+
+
 def starting_policy(task: PruningTask, config: ApplyConfig) -> tuple[Path | None, str]:
     """The policy folder the agent starts from (``None``: a fresh one) and its name.
 
@@ -243,7 +247,13 @@ def choose_mask(task: PruningTask, config: ApplyConfig) -> MaskChoice:
     policy, source = starting_policy(task, config)
     if policy is not None:
         spec = read_policy_spec(policy)
-        ppo_values, max_nodes = {**spec["ppo"], **config.ppo}, int(spec["max_nodes"])
+        fixed = {k: spec["ppo"][k] for k in NETWORK_SHAPE if k in spec["ppo"]}
+        ignored = {k: v for k, v in config.ppo.items() if k in fixed and v != fixed[k]}
+        if ignored:
+            log.warning("apply: --ppo %s ignored: the policy %s was built with %s", ignored,
+                        source, fixed)
+        ppo_values = {**spec["ppo"], **config.ppo, **fixed}
+        max_nodes = int(spec["max_nodes"])
         if task.num_nodes > max_nodes:
             raise ONPInputError(f"{config.policy}: the policy takes up to {max_nodes} channel "
                                 f"nodes, the model has {task.num_nodes}")
