@@ -3,9 +3,10 @@
 Decoding 60,000 JPEGs or 50,000 PPMs out of a tarball takes tens of seconds; loading the same
 arrays from an uncompressed ``.npz`` takes well under a second. A cache entry is named by the
 dataset name, the split and a hash of the full key (name, resolved root path, options, and the
-size and modification time of the root when it is a file), and stores the key so that a stale
-or colliding entry is never used. A folder's contents are not hashed: after changing files in a
-dataset folder in place, pass ``cache=False`` once or delete the entry.
+size and modification time of the root when it is a file, or a fingerprint of its listing when it
+is a folder: every file's path, size and modification time), and stores the key so that a stale
+or colliding entry is never used: a file added, removed or edited in a dataset folder gives a new
+entry.
 """
 
 from __future__ import annotations
@@ -65,7 +66,22 @@ def cache_key(name: str, root: str | Path, **options: Any) -> dict[str, Any]:
     if path.is_file():
         stat = path.stat()
         key["root_stat"] = [stat.st_size, stat.st_mtime_ns]
+    elif path.is_dir():
+        key["root_listing"] = folder_fingerprint(path)
     return key
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """SHA-256 of every file's relative path, size and modification time under ``folder``.
+
+    Reading the listing (not the contents) takes well under a second for a dataset folder, and
+    any file added, removed, replaced or edited in place changes it.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def cache_file(key: Mapping[str, Any], cache_dir: str | Path | None = None) -> Path:

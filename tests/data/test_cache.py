@@ -58,6 +58,21 @@ def test_root_file_change_invalidates(tmp_path: Path) -> None:
     assert cache_key("toy", data, split="test") != key_before
 
 
+def test_a_file_changed_added_or_removed_in_a_root_folder_invalidates(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "1.png").write_bytes(b"one")
+    keys = [cache_key("toy", root, split="train")]
+    (root / "cat" / "1.png").write_bytes(b"other")  # edited in place, another size
+    keys.append(cache_key("toy", root, split="train"))
+    (root / "cat" / "2.png").write_bytes(b"two")
+    keys.append(cache_key("toy", root, split="train"))
+    (root / "cat" / "1.png").unlink()
+    keys.append(cache_key("toy", root, split="train"))
+    assert len({str(k) for k in keys}) == 4
+    assert cache_key("toy", root, split="train") == keys[-1]  # unchanged folder, same key
+
+
 def test_corrupt_or_foreign_entry_is_rebuilt(tmp_path: Path) -> None:
     key = cache_key("toy", tmp_path, split="train")
     path = cache_file(key, tmp_path)
