@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from onp.bench.report import summary_lines
 from onp.bench.runner import OK, CellResult
 from onp.benchmark import main
 from onp.config import parse_config
-from onp.defenses.onp_adapter import PIPELINE_MODULE
+from onp.defenses import DefenseUnavailable, onp_adapter
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "bench"
 TINY_DEFENSES = {
@@ -35,12 +34,16 @@ def _args(tiny_data: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+def _unavailable(*_args: object, **_kwargs: object) -> None:
+    raise DefenseUnavailable("the pipeline is left out of this test (it has its own)")
+
+
 @pytest.fixture(scope="module")
 def bench_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory, single_thread):
     """One run of the quick suite on the tiny data, without the ONP pipeline."""
     out = tmp_path_factory.mktemp("bench")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(sys.modules, PIPELINE_MODULE, None)  # pin the ONP cells to "skipped"
+        patch.setattr(onp_adapter, "run_pipeline", _unavailable)  # pin ONP cells to "skipped"
         with single_thread():
             code = main(_args(tiny_data, out))
     return out, code

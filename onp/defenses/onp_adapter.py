@@ -1,26 +1,22 @@
 """ONP itself, and its sparse fine-pruning from a random mask, behind the baseline interface.
 
-Both run the repair pipeline of issue 5 (:mod:`onp.repair.pipeline`): the trigger-free probe is
+Both run the repair pipeline (:mod:`onp.repair.pipeline`): the trigger-free probe is
 estimated from the defense data, a seed mask is chosen (ONP: by the GNN agent; ``sfp-random``:
 at random, as many channels as :class:`~onp.defenses.random_pruning.RandomPruning` prunes), then
 sparse prune-and-regrow fine-tuning picks its round on held-in defense data. The pipeline gets
 the model and the defense images only (no held-out data), writes its outputs to a temporary
 folder, and the repaired bundle is read back from there.
 
-The pipeline is imported only when a repair runs, so the baselines and the benchmark work
-without it: a missing pipeline raises :class:`DefenseUnavailable`, which the benchmark records
-as a skipped cell with the message. ``options`` are :class:`onp.repair.pipeline.ApplyConfig`
-keys (e.g. ``{"rounds": 5, "agent_timesteps": 256}``), so a suite YAML can shorten the pipeline.
+``options`` are :class:`onp.repair.pipeline.ApplyConfig` keys (e.g. ``{"rounds": 5,
+"agent_timesteps": 256}``), so a suite YAML can shorten the pipeline.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -28,16 +24,16 @@ from torch import nn
 
 from onp.data.types import ImageSet
 from onp.defenses import defaults
-from onp.defenses.base import Defense, DefenseUnavailable, RepairResult, register_defense
+from onp.defenses.base import Defense, RepairResult, register_defense
 from onp.defenses.common import model_device
 from onp.defenses.random_pruning import random_node_mask
 from onp.graph.groups import trace_groups
 from onp.graph.mask import ChannelMask
 from onp.models.bundle import load_bundle
+from onp.repair import pipeline
 
 log = logging.getLogger(__name__)
 
-PIPELINE_MODULE = "onp.repair.pipeline"
 BENCHMARK_NAME = "benchmark"
 """Name the pipeline gives the subject in its report."""
 REPORT_KEYS = ("mask", "held_in", "seconds", "probe")
@@ -79,21 +75,6 @@ class RandomMaskSettings(OnpSettings):
     fraction: float = defaults.RANDOM_PRUNING_FRACTION
 
 
-def load_pipeline() -> ModuleType:
-    """Import :data:`PIPELINE_MODULE`.
-
-    Raises:
-        DefenseUnavailable: If it cannot be imported.
-    """
-    try:
-        return importlib.import_module(PIPELINE_MODULE)
-    except ImportError as error:
-        raise DefenseUnavailable(
-            f"{PIPELINE_MODULE} is not importable ({error}); ONP cells are skipped until the "
-            "repair pipeline (issue 5) is installed"
-        ) from error
-
-
 def run_pipeline(
     model: nn.Module, defense: ImageSet, seed: int, options: dict[str, Any],
     seed_mask: ChannelMask | None = None,
@@ -106,15 +87,7 @@ def run_pipeline(
         seed: Seeds the pipeline.
         options: ApplyConfig overrides.
         seed_mask: A seed mask to use instead of the agent's (default: run the agent).
-
-    Raises:
-        DefenseUnavailable: If the pipeline is missing or lacks the expected entry points.
     """
-    pipeline = load_pipeline()
-    missing = [n for n in ("ApplyConfig", "ApplyInputs", "make_probe", "run_apply")
-               if not hasattr(pipeline, n)]
-    if missing:
-        raise DefenseUnavailable(f"{PIPELINE_MODULE} lacks {missing}; the adapter needs them")
     with tempfile.TemporaryDirectory(prefix="onp-bench-") as tmp:
         out = Path(tmp) / "apply"
         config = pipeline.ApplyConfig(**{"model": BENCHMARK_NAME, **options, "seed": seed,
@@ -153,7 +126,6 @@ class SparseFinePruningRandom(Defense):
 
     def _repair(self, model: nn.Module, defense: ImageSet, seed: int) -> RepairResult:
         s = self.settings
-        load_pipeline()  # skip before tracing when the pipeline is missing
         groups = trace_groups(model, defense.meta.image_shape)
         mask = random_node_mask(groups, round(s.fraction * groups.num_nodes), seed)
         options = {**PUBLISHED_RECIPE, **s.options}

@@ -1,9 +1,7 @@
-"""The ONP adapters: a clear skip without the pipeline; the pipeline on defense data only."""
+"""The ONP adapters: the pipeline gets the defense data only, and B' is read back."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from onp.defenses import DefenseUnavailable, build_defense
-from onp.defenses.onp_adapter import PIPELINE_MODULE
+from onp.defenses import build_defense, onp_adapter
 from onp.graph.groups import trace_groups
 from onp.models.bundle import save_bundle
 
@@ -21,15 +18,6 @@ TINY_PIPELINE = {
     "rounds": 1, "agent_timesteps": 16, "batch_size": 32,
     "ppo": {"n_steps": 16, "batch_size": 8, "n_epochs": 1, "hidden": 8, "layers": 1},
 }
-
-
-@pytest.mark.parametrize("name", ["onp", "sfp-random"])
-def test_without_the_pipeline_the_defense_is_skipped(
-    name: str, tiny_models, defense_set, monkeypatch
-) -> None:
-    monkeypatch.setitem(sys.modules, PIPELINE_MODULE, None)  # import now raises ImportError
-    with pytest.raises(DefenseUnavailable, match="not importable"):
-        build_defense(name).repair(tiny_models["plain_cnn"], defense_set)
 
 
 def _fake_pipeline(calls: list[dict]) -> types.ModuleType:
@@ -64,7 +52,7 @@ def _fake_pipeline(calls: list[dict]) -> types.ModuleType:
         return {"mask": {"pruned": 0 if seed_mask is None else int((~seed_mask).sum())},
                 "sparse": {"best_round": 2}, "test": "never asked for"}
 
-    fake = types.ModuleType(PIPELINE_MODULE)
+    fake = types.ModuleType("fake_pipeline")
     fake.ApplyConfig, fake.ApplyInputs, fake.run_apply = ApplyConfig, ApplyInputs, run_apply
     fake.make_probe = lambda inputs, config: "probe"
     return fake
@@ -74,7 +62,7 @@ def test_the_pipeline_gets_the_defense_data_only_and_b_prime_is_read_back(
     tiny_models, defense_set, monkeypatch, checks
 ) -> None:
     calls: list[dict] = []
-    monkeypatch.setitem(sys.modules, PIPELINE_MODULE, _fake_pipeline(calls))
+    monkeypatch.setattr(onp_adapter, "pipeline", _fake_pipeline(calls))
     model = tiny_models["resnet"]
     result = build_defense("onp", {"options": {"rounds": 3}}).repair(model, defense_set, seed=4)
     call = calls[-1]
@@ -96,8 +84,6 @@ def test_the_pipeline_gets_the_defense_data_only_and_b_prime_is_read_back(
     assert all(bool(keep.any()) for keep in groups.split(mask))  # no group cut entirely
 
 
-@pytest.mark.skipif(importlib.util.find_spec(PIPELINE_MODULE) is None,
-                    reason="the repair pipeline (issue 5) is not installed")
 @pytest.mark.parametrize("name", ["onp", "sfp-random"])
 def test_the_real_pipeline_repairs_a_tiny_model(
     name: str, tiny_models, defense_set, checks
