@@ -27,9 +27,10 @@ from onp.defenses import defaults
 from onp.defenses.base import Defense, RepairResult, register_defense
 from onp.defenses.common import model_device
 from onp.defenses.random_pruning import random_node_mask
+from onp.errors import ONPInputError
 from onp.graph.groups import trace_groups
 from onp.graph.mask import ChannelMask
-from onp.models.bundle import load_bundle
+from onp.models.bundle import Classifier, load_bundle
 from onp.repair import pipeline
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,14 @@ def run_pipeline(
         seed: Seeds the pipeline.
         options: ApplyConfig overrides.
         seed_mask: A seed mask to use instead of the agent's (default: run the agent).
+
+    Raises:
+        ONPInputError: If ``model`` is not a :class:`~onp.models.bundle.Classifier` (the
+            pipeline reads its spec: classes, input shape, preprocessing).
     """
+    if not isinstance(model, Classifier):
+        raise ONPInputError(f"onp: expected an ONP Classifier (a loaded bundle or model file), "
+                            f"found {type(model).__name__}")
     with tempfile.TemporaryDirectory(prefix="onp-bench-") as tmp:
         out = Path(tmp) / "apply"
         config = pipeline.ApplyConfig(**{"model": BENCHMARK_NAME, **options, "seed": seed,
