@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -51,10 +52,26 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
 
 
 def write_marker(folder: Path, command: str, finished: bool) -> None:
-    """Mark ``folder`` as written by ``command`` (finished or not)."""
+    """Mark ``folder`` as written by ``command`` (finished or not; an unfinished one by us)."""
     tmp = folder / f"{MARKER}.tmp"
-    tmp.write_text(json.dumps({"command": command, "finished": finished}) + "\n")
+    payload: dict[str, Any] = {"command": command, "finished": finished}
+    if not finished:
+        payload["pid"] = os.getpid()
+    tmp.write_text(json.dumps(payload) + "\n")
     os.replace(tmp, folder / MARKER)
+
+
+def _running(pid: object) -> bool:
+    """Whether process ``pid`` is alive (another run still writing its hidden folder)."""
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _resolved(path: str | Path) -> Path:
@@ -109,9 +126,13 @@ def remove_stale_partials(out: Path) -> None:
     """Remove hidden ``.<name>.*`` folders beside ``out`` that a killed ONP run left."""
     if not out.parent.is_dir():
         return
-    for sibling in out.parent.glob(f".{out.name}.*"):
-        marker = read_marker(sibling) if sibling.is_dir() else None
-        if marker is not None and not marker.get("finished"):
+    # mkdtemp's names: the prefix, then 8 characters from [a-z0-9_]
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.[a-z0-9_]{{8}}")
+    for sibling in out.parent.iterdir():
+        if not (pattern.fullmatch(sibling.name) and sibling.is_dir()):
+            continue
+        marker = read_marker(sibling)
+        if marker is not None and not marker.get("finished") and not _running(marker.get("pid")):
             log.info("removing %s, left by an interrupted %s run", sibling, marker["command"])
             shutil.rmtree(sibling, ignore_errors=True)
 
