@@ -82,15 +82,13 @@ def make_agent(
     )
 
 
-def save_policy(
-    agent: MaskablePPO, directory: str | Path, config: PPOConfig, num_timesteps: int | None = None
-) -> Path:
+def save_policy(agent: MaskablePPO, directory: str | Path, config: PPOConfig) -> Path:
     """Write the policy's weights and rebuild spec into ``directory`` (atomically)."""
     env = agent.get_env()
     max_nodes, num_features, max_edges = padded_sizes(agent.observation_space)
     spec = {"ppo": asdict(config), "max_nodes": max_nodes, "num_features": num_features,
             "max_edges": max_edges,
-            "num_timesteps": int(agent.num_timesteps if num_timesteps is None else num_timesteps),
+            "num_timesteps": int(agent.num_timesteps),
             "num_envs": env.num_envs if env else 1}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from agent_fmnist import random_same_count, test_metrics  # benchmarks/ is not a package
 
 from agents.ppo import PPOConfig, best_mask, learn, read_policy_spec
 from envs.pruning_env import ChannelPruningEnv, EnvConfig
@@ -37,7 +38,7 @@ from onp.config import config_from_dict
 from onp.defenses import build_defense
 from onp.eval.metrics import defense_effectiveness_rating
 from onp.graph.features import feature_index
-from onp.graph.mask import ChannelMask, masked
+from onp.graph.mask import ChannelMask
 from onp.io import write_json
 from onp.policies import shipped_policy
 from onp.subjects import Subject, load_subject
@@ -55,11 +56,6 @@ def metrics_of(subject: Subject, model: torch.nn.Module | None = None) -> dict[s
     result = subject.evaluate(model)
     assert result is not None  # the table's models are onp.attack bundles
     return result.as_percent()
-
-
-def masked_metrics(subject: Subject, task: PruningTask, mask: ChannelMask) -> dict[str, Any]:
-    with masked(subject.model, task.groups, mask):
-        return {**metrics_of(subject), "pruned": int((~mask).sum())}
 
 
 def policy_mask(task: PruningTask, steps: int, seed: int) -> ChannelMask:
@@ -84,17 +80,6 @@ def greedy_mask(task: PruningTask, feature: str) -> ChannelMask:
     return mask
 
 
-def random_metrics(subject: Subject, task: PruningTask, count: int, draws: int,
-                   seed: int) -> dict[str, Any]:
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(draws):
-        mask = torch.ones(task.num_nodes, dtype=torch.bool)
-        mask[torch.randperm(task.num_nodes, generator=generator)[:count]] = False
-        rows.append(masked_metrics(subject, task, mask))
-    return {k: round(float(np.mean([r[k] for r in rows])), 2) for k in rows[0]}
-
-
 def run_model(path: Path, methods: list[str], args: argparse.Namespace) -> dict[str, Any]:
     subject = load_subject(path, args.dataset, args.data_root)
     before = metrics_of(subject)
@@ -107,14 +92,14 @@ def run_model(path: Path, methods: list[str], args: argparse.Namespace) -> dict[
         start = time.perf_counter()
         if method in ("onp-shipped", "onp-finetuned"):
             steps = 0 if method == "onp-shipped" else args.finetune_steps
-            row = masked_metrics(subject, task, policy_mask(task, steps, args.seed))
+            row = test_metrics(subject, task, policy_mask(task, steps, args.seed))
             if method == "onp-shipped":
                 shipped_count = row["pruned"]
         elif method.startswith("greedy-"):
-            row = masked_metrics(subject, task, greedy_mask(task, method.removeprefix("greedy-")))
+            row = test_metrics(subject, task, greedy_mask(task, method.removeprefix("greedy-")))
         elif method == "random":
             assert shipped_count is not None, "random needs onp-shipped before it"
-            row = random_metrics(subject, task, shipped_count, args.random_draws, args.seed)
+            row = random_same_count(subject, task, shipped_count, args.random_draws, args.seed)
         else:
             repaired = build_defense(method).repair(subject.model, subject.defense, args.seed)
             row = metrics_of(subject, repaired.model)

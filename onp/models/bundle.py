@@ -111,6 +111,10 @@ def make_classifier(spec: ModelSpec) -> Classifier:
     return Classifier(spec)
 
 
+SHAPE_ERRORS_SHOWN = 5
+"""Mismatched tensors named in an error message."""
+
+
 def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
     """Raise :class:`ONPInputError` if any floating tensor in ``state`` has NaN or inf values."""
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -122,11 +126,18 @@ def load_net_state(model: Classifier, state: dict[str, torch.Tensor], where: str
     """Load ``state`` (keys of ``model.net``) strictly, with a clear error on mismatch."""
     check_finite(state, where)
     expected = model.net.state_dict()
+    # load_state_dict reports a shape mismatch as a bare RuntimeError: name the tensors first
     wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
              for k, v in state.items() if k in expected and v.shape != expected[k].shape]
     if wrong:
-        raise ONPInputError(f"{where}: weights of the wrong shape for architecture "
-                            f"{model.spec.architecture!r} as the spec describes it: {wrong[:3]}")
+        spec = model.spec
+        raise ONPInputError(
+            f"{where}: weights do not fit architecture {spec.architecture!r} with "
+            f"num_classes={spec.num_classes}, input_shape={spec.input_shape}, "
+            f"arch_options={spec.arch_options}: {len(wrong)} tensors have the wrong shape, "
+            f"e.g. {wrong[:SHAPE_ERRORS_SHOWN]}; check num_classes, input_shape and "
+            f"arch_options (e.g. width)"
+        )
     result = model.net.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ONPInputError(

@@ -20,14 +20,20 @@ import torch
 
 import onp
 from onp.errors import ONPInputError
-from onp.models.bundle import Classifier, ModelSpec, check_finite, load_net_state, make_classifier
+from onp.models.bundle import (
+    SHAPE_ERRORS_SHOWN,
+    Classifier,
+    ModelSpec,
+    check_finite,
+    load_net_state,
+    make_classifier,
+)
 from onp.models.zoo import available_architectures, build_architecture, canonical_name
 
 StateDict = dict[str, torch.Tensor]
 InputShape = tuple[int, int, int]
 
 _HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a source file
-_SHAPE_ERRORS_SHOWN = 5  # mismatched tensors named in an error message
 _T = TypeVar("_T")
 
 
@@ -202,8 +208,8 @@ def check_keys(
     if missing or unexpected:
         raise ONPInputError(
             f"{where}: weights do not fit architecture {architecture!r}: "
-            f"missing {missing[:_SHAPE_ERRORS_SHOWN]} ({len(missing)} in all), "
-            f"unexpected {unexpected[:_SHAPE_ERRORS_SHOWN]} ({len(unexpected)} in all)"
+            f"missing {missing[:SHAPE_ERRORS_SHOWN]} ({len(missing)} in all), "
+            f"unexpected {unexpected[:SHAPE_ERRORS_SHOWN]} ({len(unexpected)} in all)"
         )
 
 
@@ -291,8 +297,7 @@ def _checked_build(
 def fit_state(model: Classifier, state: StateDict, where: str) -> None:
     """Load ``state`` into ``model.net`` after checking NaN, keys and shapes, each clearly.
 
-    :func:`onp.models.bundle.load_net_state` does the loading; the shape check comes first because
-    ``load_state_dict`` reports a shape mismatch as a bare ``RuntimeError``. A missing
+    :func:`onp.models.bundle.load_net_state` checks the shapes and does the loading. A missing
     ``num_batches_tracked`` counter (checkpoints from PyTorch < 0.4.1) is filled in: it does not
     affect outputs in eval mode.
 
@@ -311,20 +316,7 @@ def fit_state(model: Classifier, state: StateDict, where: str) -> None:
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = value.clone()
     check_keys(expected, state, model.spec.architecture, where)
-    wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if wrong:
-        raise ONPInputError(
-            f"{where}: weights do not fit architecture {model.spec.architecture!r} with "
-            f"num_classes={model.spec.num_classes}, input_shape={model.spec.input_shape}, "
-            f"arch_options={model.spec.arch_options}: {len(wrong)} tensors have the wrong shape, "
-            f"e.g. {wrong[:_SHAPE_ERRORS_SHOWN]}; check num_classes, input_shape and "
-            f"arch_options (e.g. width)"
-        )
-    load_net_state(model, state, where)
+    load_net_state(model, state, where)  # checks the shapes, naming the tensors
 
 
 def build_classifier(spec: ModelSpec, state: StateDict, where: str) -> Classifier:
