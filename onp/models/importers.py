@@ -51,6 +51,8 @@ class ImportOptions:
         mean: Per-channel mean subtracted after scaling (one value, or one per channel).
         std: Per-channel std divided after scaling (one value, or one per channel).
         class_names: One name per class.
+        keras_config: A Keras architecture JSON file (``model.to_json()``) for a weights-only
+            Keras file.
     """
 
     architecture: str | None = None
@@ -61,6 +63,7 @@ class ImportOptions:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     class_names: tuple[str, ...] | None = None
+    keras_config: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("input_shape", "mean", "std", "class_names"):

@@ -1,32 +1,38 @@
-"""Import Keras HDF5 files of the DeepID face net (the CSAW-HackML BadNets, e.g. ``bd_net.h5``).
+"""Import Keras models: any Sequential or functional CNN of the standard layers, and DeepID.
 
-Only data is read (h5py datasets and attributes; the ``model_config`` JSON is parsed, never turned
-into layers), so a Keras file cannot run code here. Two layouts are accepted:
+Only data is read (h5py datasets and attributes, JSON), so a Keras file cannot run code here.
+Accepted:
 
-* weights only (``model.save_weights``): root attribute ``layer_names``; one group per layer with
-  attribute ``weight_names`` and datasets such as ``/conv_1/conv_1/kernel:0``;
-* full model (``model.save``): the same under ``/model_weights``, and a ``model_config`` JSON
-  attribute on the root, from which the input size is read and the layers are checked.
+* a full model saved by Keras 2 or 3 as ``.h5`` (``model.save("m.h5")``): the weights under
+  ``/model_weights`` and the architecture in the ``model_config`` attribute;
+* a Keras 3 ``.keras`` file (a zip of ``config.json`` and ``model.weights.h5``);
+* a weights-only file, Keras 2 (``save_weights("w.h5")``: root attribute ``layer_names``) or Keras 3
+  (``save_weights("w.weights.h5")``: groups ``layers/<name>/vars``), with the architecture JSON
+  (``model.to_json()``) given as ``keras_config``;
+* a Keras 2 weights-only file of the CSAW-HackML DeepID face net (``bd_net.h5``) without a JSON:
+  recognised by its layers and imported as the zoo's ``deepid``.
+
+A model with an architecture becomes the zoo's ``layer_graph`` (translated by
+:mod:`onp.models.keras_graph`); its logits are the pre-softmax values of the Keras model.
 
 DeepID (``architecture.py`` of CSAW-HackML): conv_1 20@4x4 -> pool -> conv_2 40@3x3 -> pool ->
 conv_3 60@3x3 -> pool (= p3); fc_1 on Flatten(p3), fc_2 on Flatten(relu(conv_4 80@2x2 on p3));
-relu(fc_1 + fc_2) -> output (softmax). Conversion to :class:`onp.models.zoo.DeepID`: conv kernels
-HWIO -> OIHW, dense kernels ``(in, out)`` -> ``(out, in)``, and the rows of fc_1 and fc_2 reordered
-from Keras's channels-last flatten order ``(h, w, c)`` to torch's ``(c, h, w)``, so that the torch
-logits give Keras's softmax exactly. Keras sees ``[B, H, W, 3]`` where ONP passes ``[B, 3, H, W]``;
-channels are not reordered.
+relu(fc_1 + fc_2) -> output (softmax).
 
-Input scaling differs between CSAW-HackML releases: the 2020 challenge's ``eval.py`` feeds
-``x / 255`` (``input_scale=1``, the default here), while the later ``lab3/eval.py`` (the course lab
-with ``bd_net.h5`` for 1283 YouTube-Face identities) feeds raw 0-255 pixels (``input_scale=255``).
+Input scaling is not in a Keras file: the CSAW-HackML 2020 challenge's ``eval.py`` feeds ``x / 255``
+(``input_scale=1``, the default here), the later ``lab3/eval.py`` feeds raw 0-255 pixels
+(``input_scale=255``). The importer logs which it assumed; ``onp.apply`` checks B's accuracy on
+the defense data, so a wrong guess is an error, not a chance-level repair.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,20 +51,25 @@ from onp.models.importers import (
     resolve_spec,
     source_provenance,
 )
-from onp.models.zoo import canonical_name
+from onp.models.keras_graph import (
+    KerasArchitecture,
+    input_shape_of,
+    parse_architecture,
+    storage_names,
+    translate,
+    variable_roles,
+)
+from onp.models.zoo import LAYER_GRAPH, canonical_name
 
 logger = logging.getLogger(__name__)
 
-KERAS_SUFFIXES = (".h5", ".hdf5")
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 DEEPID_CONVS = ("conv_1", "conv_2", "conv_3", "conv_4")
 DEEPID_DENSES = ("fc_1", "fc_2", "output")
 DEEPID_LAYERS = DEEPID_CONVS + DEEPID_DENSES
 DEEPID_INPUT_SHAPE: InputShape = (3, 55, 47)  # CSAW-HackML's YouTube-Face crops, (C, H, W)
 POOL = 2  # DeepID's max-pooling size and stride
 HWC = tuple[int, int, int]  # (height, width, channels) of a channels-last feature map
-# Layer classes a DeepID model_config may hold; anything else changes the function.
-_DEEPID_CLASSES = {"InputLayer", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Add", "Activation"}
-_INFERENCE_NOOPS = {"Dropout"}  # identity at inference time
 
 
 @dataclass(frozen=True)
@@ -83,21 +94,29 @@ class KerasLayer:
 
 @dataclass(frozen=True)
 class KerasFile:
-    """What was read from a Keras HDF5 file.
+    """What was read from a Keras file.
 
     Attributes:
-        layout: ``"keras-h5-weights"`` or ``"keras-h5-model"``.
-        layers: Layers with weights, in the file's order.
-        config_layers: ``model_config``'s layer list (empty for a weights-only file).
-        input_shape: ``(C, H, W)`` from ``model_config``, or ``None``.
+        layout: ``"keras-h5-model"``, ``"keras-h5-weights"``, ``"keras3-weights"`` or
+            ``"keras3-zip"``.
+        weights: Arrays of each layer with weights, by layer name (legacy layouts) or by Keras 3
+            storage group (``vars`` layouts), by role (``kernel``, ``bias``, ...) or, in the
+            ``vars`` layouts, by position (``"0"``, ``"1"``, ...).
+        order: The layer names (legacy) or groups (``vars``) in the file's order.
+        model_config: The architecture JSON when the file holds one.
         details: JSON-ready provenance (Keras version, backend).
     """
 
     layout: str
-    layers: list[KerasLayer]
-    config_layers: list[dict[str, Any]]
-    input_shape: InputShape | None
+    weights: dict[str, dict[str, np.ndarray]]
+    order: list[str]
+    model_config: dict[str, Any] | None
     details: dict[str, Any]
+
+    def legacy_layers(self) -> list[KerasLayer]:
+        """The layers with weights, in file order (legacy layouts)."""
+        return [KerasLayer(name, self.weights[name])
+                for name in self.order if self.weights.get(name)]
 
 
 # ---------------------------------------------------------------- reading the file
@@ -119,21 +138,11 @@ def _attr_list(obj: h5py.Group, name: str) -> list[str] | None:
     return [_text(v) for v in values]
 
 
-def _weights_group(handle: h5py.File, where: str) -> tuple[h5py.Group, str]:
-    if "model_weights" in handle:
-        return handle["model_weights"], "keras-h5-model"
-    if _attr_list(handle, "layer_names") is not None:
-        return handle, "keras-h5-weights"
-    if "layers" in handle or "vars" in handle:
-        raise ONPInputError(
-            f"{where}: a Keras 3 '.weights.h5' file, which ONP does not read; save the model in "
-            f"the legacy HDF5 format (model.save('model.h5')) instead"
-        )
-    raise ONPInputError(
-        f"{where}: not a Keras model or weights file: no 'model_weights' group and no "
-        f"'layer_names' attribute; top-level entries {sorted(handle)[:20]}, "
-        f"attributes {sorted(handle.attrs)[:20]}"
-    )
+def _float_array(dataset: Any, where: str, what: str) -> np.ndarray:
+    array = np.asarray(dataset[()])
+    if array.dtype.kind != "f":
+        raise ONPInputError(f"{where}: {what} is not floating point")
+    return array
 
 
 def _layer_weights(group: h5py.Group, layer: str, where: str) -> dict[str, np.ndarray]:
@@ -147,73 +156,94 @@ def _layer_weights(group: h5py.Group, layer: str, where: str) -> dict[str, np.nd
         if name not in group or not isinstance(group[name], h5py.Dataset):
             raise ONPInputError(f"{where}: layer {layer!r} lists weight {name!r} but lacks it")
         role = name.rsplit("/", 1)[-1].split(":")[0]
-        array = np.asarray(group[name][()])
-        if role in weights or array.dtype.kind != "f":
-            raise ONPInputError(
-                f"{where}: layer {layer!r}: weight {name!r} is repeated or not floating point"
-            )
-        weights[role] = array
+        if role in weights:
+            raise ONPInputError(f"{where}: layer {layer!r}: weight {name!r} is repeated")
+        weights[role] = _float_array(group[name], where, f"layer {layer!r} weight {name!r}")
     return weights
 
 
-def _config_layers(handle: h5py.File, where: str) -> list[dict[str, Any]]:
-    raw = handle.attrs.get("model_config")
-    if raw is None:
-        return []
+def _vars_weights(handle: h5py.File, where: str) -> tuple[dict[str, dict[str, np.ndarray]],
+                                                           list[str]]:
+    """Keras 3 ``layers/<group>/vars/<i>`` arrays, by group and position."""
+    layers = handle["layers"]
+    weights, order = {}, []
+    for group_name in layers:
+        variables = layers[group_name].get("vars")
+        if variables is None:
+            continue
+        order.append(group_name)
+        weights[group_name] = {
+            key: _float_array(variables[key], where, f"layers/{group_name}/vars/{key}")
+            for key in sorted(variables, key=lambda k: int(k) if k.isdigit() else -1)
+            if isinstance(variables[key], h5py.Dataset)
+        }
+    return weights, order
+
+
+def _config_json(raw: Any, where: str) -> dict[str, Any]:
     try:
         config = json.loads(_text(raw))
     except json.JSONDecodeError as error:
-        raise ONPInputError(f"{where}: model_config is not valid JSON ({error})") from None
-    inner = config.get("config", {}) if isinstance(config, dict) else {}
-    layers = inner.get("layers", []) if isinstance(inner, dict) else inner
-    if not isinstance(layers, list):
-        raise ONPInputError(f"{where}: model_config has no layer list")
-    return layers
+        raise ONPInputError(f"{where}: the model config is not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ONPInputError(f"{where}: the model config is not a JSON object")
+    return config
 
 
-def _layer_name(entry: dict[str, Any]) -> str:
-    return str(entry.get("name") or entry.get("config", {}).get("name", ""))
-
-
-def _config_input_shape(layers: Sequence[dict[str, Any]]) -> InputShape | None:
-    """``(C, H, W)`` from the first ``batch_input_shape``/``batch_shape`` ``[None, H, W, C]``."""
-    for entry in layers:
-        config = entry.get("config", {})
-        shape = config.get("batch_input_shape") or config.get("batch_shape")
-        if shape is not None and len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]):
-            height, width, channels = shape[1:]
-            return (channels, height, width)
-    return None
+def _read_h5(handle: h5py.File, where: str) -> KerasFile:
+    details = {key: _text(handle.attrs[key]) for key in ("keras_version", "backend")
+               if key in handle.attrs}
+    if "model_weights" in handle or _attr_list(handle, "layer_names") is not None:
+        full = "model_weights" in handle
+        group = handle["model_weights"] if full else handle
+        weights, order = {}, []
+        for name in _attr_list(group, "layer_names") or []:
+            if name not in group:
+                raise ONPInputError(f"{where}: layer {name!r} is listed but has no weights group")
+            order.append(name)
+            weights[name] = _layer_weights(group[name], name, where)
+        raw = handle.attrs.get("model_config")
+        config = _config_json(raw, where) if raw is not None else None
+        return KerasFile("keras-h5-model" if full else "keras-h5-weights", weights, order,
+                         config, details)
+    if "layers" in handle:
+        weights, order = _vars_weights(handle, where)
+        return KerasFile("keras3-weights", weights, order, None, details)
+    raise ONPInputError(
+        f"{where}: not a Keras model or weights file: no 'model_weights' or 'layers' group and "
+        f"no 'layer_names' attribute; top-level entries {sorted(handle)[:20]}, "
+        f"attributes {sorted(handle.attrs)[:20]}"
+    )
 
 
 def read_keras_file(path: Path) -> KerasFile:
-    """Read layer weights (and ``model_config``) from a Keras HDF5 file.
+    """Read the weights (and the architecture, when stored) of a Keras ``.h5`` or ``.keras`` file.
 
     Raises:
-        ONPInputError: Not an HDF5 file, or not a Keras layout.
+        ONPInputError: Not an HDF5 or ``.keras`` file, or not a Keras layout.
     """
     where = str(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if not {"config.json", "model.weights.h5"} <= names:
+                raise ONPInputError(f"{where}: a zip file without config.json and "
+                                    f"model.weights.h5, so not a .keras model")
+            config = _config_json(archive.read("config.json"), f"{where}:config.json")
+            blob = io.BytesIO(archive.read("model.weights.h5"))
+        with h5py.File(blob, "r") as handle:
+            weights, order = _vars_weights(handle, f"{where}:model.weights.h5")
+        return KerasFile("keras3-zip", weights, order, config, {"format": "keras"})
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
         raise ONPInputError(f"{where}: not an HDF5 file ({error})") from None
     with handle:
-        group, layout = _weights_group(handle, where)
-        config_layers = _config_layers(handle, where)
-        by_name = {_layer_name(entry): entry for entry in config_layers}
-        layers = []
-        for name in _attr_list(group, "layer_names") or []:
-            if name not in group:
-                raise ONPInputError(f"{where}: layer {name!r} is listed but has no weights group")
-            weights = _layer_weights(group[name], name, where)
-            if weights:
-                layers.append(KerasLayer(name, weights, by_name.get(name, {}).get("config", {})))
-        details = {
-            key: _text(handle.attrs[key])
-            for key in ("keras_version", "backend")
-            if key in handle.attrs
-        }
-    return KerasFile(layout, layers, config_layers, _config_input_shape(config_layers), details)
+        return _read_h5(handle, where)
+
+
+def _layer_name(entry: dict[str, Any]) -> str:
+    return str(entry.get("name") or entry.get("config", {}).get("name", ""))
 
 
 # ---------------------------------------------------------------- recognising DeepID
@@ -275,48 +305,6 @@ def map_deepid_layers(
     return mapping
 
 
-def _check_config(config_layers: Sequence[dict[str, Any]], output: str, where: str) -> None:
-    """Check that ``model_config`` describes DeepID's operations (padding, strides, activations)."""
-    problems = []
-    counts: dict[str, int] = {}
-    for entry in config_layers:
-        kind, config = entry.get("class_name", ""), entry.get("config", {})
-        name = _layer_name(entry)
-        counts[kind] = counts.get(kind, 0) + 1
-        if kind not in _DEEPID_CLASSES | _INFERENCE_NOOPS:
-            problems.append(f"{name}: layer class {kind} is not part of DeepID")
-        problems += [f"{name}: {issue}" for issue in _layer_issues(kind, config, name == output)]
-    if counts.get("MaxPooling2D", 0) != 3 or counts.get("Add", 0) != 1:
-        problems.append(f"expected 3 MaxPooling2D and 1 Add layers, found {counts}")
-    if problems:
-        raise ONPInputError(f"{where}: model_config is not the DeepID architecture: {problems}")
-
-
-def _layer_issues(kind: str | None, config: dict[str, Any], is_output: bool) -> list[str]:
-    """Ways one layer config departs from DeepID's (empty when it does not)."""
-    expected: dict[str, Any] = {}
-    if kind == "Conv2D":
-        expected = {"padding": "valid", "strides": [1, 1], "dilation_rate": [1, 1]}
-        expected |= {"activation": "relu", "data_format": "channels_last", "use_bias": True}
-    elif kind == "MaxPooling2D":
-        expected = {"pool_size": [POOL, POOL], "strides": [POOL, POOL], "padding": "valid"}
-        expected |= {"data_format": "channels_last"}
-    elif kind == "Dense":
-        allowed = ("softmax", "linear") if is_output else ("linear",)
-        activation = config.get("activation", "linear")
-        return [] if activation in allowed else [f"activation {activation!r}, expected {allowed}"]
-    elif kind == "Activation":
-        expected = {"activation": "relu"}
-    issues = []
-    for key, value in expected.items():
-        found = config.get(key, value)
-        if isinstance(found, list | tuple):
-            found = list(found)
-        if found is not None and found != value:
-            issues.append(f"{key}={found!r}, expected {value!r}")
-    return issues
-
-
 # ---------------------------------------------------------------- conversion
 def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
@@ -364,65 +352,131 @@ def deepid_state(mapping: dict[str, KerasLayer], input_shape: InputShape, where:
     return state
 
 
-def import_keras_h5(path: str | Path, options: ImportOptions | None = None) -> Classifier:
-    """Import a Keras DeepID HDF5 file (weights only or full model) as a :class:`Classifier`.
-
-    Args:
-        path: The ``.h5`` file.
-        options: ``input_scale`` (1 when Keras saw ``x / 255``, 255 for raw pixels; default 1),
-            ``input_shape`` (default: from ``model_config``, else ``(3, 55, 47)``), ``mean``,
-            ``std``, ``class_names``. ``num_classes`` comes from the output kernel and, like
-            ``architecture``, must agree if given. (default: nothing given)
-
-    Returns:
-        The ``deepid`` classifier on the CPU in eval mode; its logits are the pre-softmax values
-        of the Keras model.
-
-    Raises:
-        ONPInputError: Missing or unreadable file, a non-DeepID model (the message lists the
-            layers found), NaN weights, or options contradicting the file.
-    """
-    path = require_file(path)
+def _import_deepid(path: Path, keras: KerasFile, options: ImportOptions) -> Classifier:
+    """A Keras 2 weights-only file without architecture JSON, read as DeepID."""
     where = str(path)
-    options = options or ImportOptions()
     if options.arch_options:
         raise ONPInputError(f"{where}: deepid takes no arch_options, got {options.arch_options}")
     if options.architecture is not None and canonical_name(options.architecture) != "deepid":
         raise ONPInputError(
-            f"{where}: Keras files are imported as 'deepid' only, got {options.architecture!r}"
+            f"{where}: a weights-only Keras file without its architecture is read as 'deepid', "
+            f"got architecture {options.architecture!r}; pass the architecture JSON "
+            f"(model.to_json()) with --keras-config"
         )
-    keras = read_keras_file(path)
-    if not keras.layers:
-        raise _not_deepid(where, keras.layers, "the file holds no weights")
-    input_shape = options.merged_with(
-        ImportOptions(input_shape=keras.input_shape), where
-    ).input_shape
+    layers = keras.legacy_layers()
+    if not layers:
+        raise _not_deepid(where, layers, "the file holds no weights")
+    input_shape = options.input_shape
     if input_shape is None:
         input_shape = DEEPID_INPUT_SHAPE
-        logger.info("%s: no model_config; assuming input shape %s", where, input_shape)
-    mapping = map_deepid_layers(keras.layers, input_shape, where)
+        logger.info("%s: no architecture; assuming DeepID's input shape %s", where, input_shape)
+    mapping = map_deepid_layers(layers, input_shape, where)
     found = ImportOptions(
         architecture="deepid",
         num_classes=int(mapping["output"].weights["kernel"].shape[1]),
         input_shape=input_shape,
     )
     merged = options.merged_with(found, where)
-    if keras.config_layers:
-        _check_config(keras.config_layers, mapping["output"].name, where)
-    if options.input_scale is None:
-        logger.info(
-            "%s: assuming the Keras model saw x/255 (input_scale=1); pass input_scale=255 for a "
-            "model fed raw pixels (CSAW-HackML lab3's eval.py)",
-            where,
-        )
     state = deepid_state(mapping, input_shape, where)
     provenance = source_provenance(
-        path,
-        keras.layout,
-        **keras.details,
+        path, keras.layout, **keras.details,
         layer_mapping={name: layer.name for name, layer in mapping.items()},
-        output_activation=mapping["output"].config.get("activation"),
         input_scale_given=options.input_scale is not None,
     )
-    spec = resolve_spec(merged, state, where, provenance)
-    return build_classifier(spec, state, where)
+    return build_classifier(resolve_spec(merged, state, where, provenance), state, where)
+
+
+def _weights_by_layer(keras: KerasFile, architecture: KerasArchitecture, where: str
+                      ) -> dict[str, dict[str, np.ndarray]]:
+    """Each layer's weights by role, whichever layout the file has; unused weights are an error."""
+    if keras.layout in ("keras-h5-model", "keras-h5-weights"):
+        names = {layer.name for layer in architecture.layers}
+        unused = [name for name, arrays in keras.weights.items() if arrays and name not in names]
+        if unused:
+            raise ONPInputError(f"{where}: weights of layers {unused} that the architecture does "
+                                f"not have; is the architecture JSON this model's?")
+        return keras.weights
+    groups = storage_names(architecture)
+    weights = {}
+    for layer in architecture.layers:
+        roles = variable_roles(layer)
+        stored = keras.weights.get(groups.get(layer.name, ""), {})
+        if len(stored) != len(roles) and (roles or stored):
+            raise ONPInputError(
+                f"{where}: layer {layer.name!r} ({layer.class_name}) expects variables {roles} "
+                f"under layers/{groups.get(layer.name)}/vars, found {len(stored)}; is the "
+                f"architecture JSON this model's?")
+        weights[layer.name] = {role: stored[str(i)] for i, role in enumerate(roles)}
+    unused = sorted(set(g for g, arrays in keras.weights.items() if arrays) - set(groups.values()))
+    if unused:
+        raise ONPInputError(f"{where}: weights under layers/{unused} that the architecture does "
+                            f"not have; is the architecture JSON this model's?")
+    return weights
+
+
+def _import_graph(path: Path, keras: KerasFile, model_config: dict[str, Any],
+                  options: ImportOptions) -> Classifier:
+    """A Keras model with its architecture, as the zoo's ``layer_graph``."""
+    where = str(path)
+    if options.arch_options:
+        raise ONPInputError(f"{where}: a Keras model's architecture comes from the file; "
+                            f"arch_options {options.arch_options} cannot be given")
+    if options.architecture is not None and canonical_name(options.architecture) != LAYER_GRAPH:
+        raise ONPInputError(f"{where}: a Keras model with its architecture is imported as "
+                            f"{LAYER_GRAPH!r}, got architecture {options.architecture!r}")
+    architecture = parse_architecture(model_config, where)
+    weights = _weights_by_layer(keras, architecture, where)
+    channels, height, width = input_shape_of(architecture, where)
+    translation = translate(architecture, weights, (channels, height, width), where)
+    found = ImportOptions(architecture=LAYER_GRAPH, num_classes=translation.num_classes,
+                          input_shape=(channels, height, width))
+    merged = replace(options.merged_with(found, where),
+                     arch_options={"nodes": translation.nodes, "output": translation.output})
+    provenance = source_provenance(
+        path, keras.layout, **keras.details, output_activation=translation.output_activation,
+        input_scale_given=options.input_scale is not None,
+        keras_config=options.keras_config,
+    )
+    spec = resolve_spec(merged, translation.state, where, provenance)
+    return build_classifier(spec, translation.state, where)
+
+
+def import_keras(path: str | Path, options: ImportOptions | None = None) -> Classifier:
+    """Import a Keras model file (see the module docstring for the layouts) as a Classifier.
+
+    Args:
+        path: The ``.h5``, ``.hdf5`` or ``.keras`` file.
+        options: ``keras_config`` (the architecture JSON, for a weights-only file),
+            ``input_scale`` (1 when Keras saw ``x / 255``, 255 for raw pixels; default 1),
+            ``mean``, ``std``, ``class_names``, and for a DeepID weights file ``input_shape``
+            (default ``(3, 55, 47)``). ``num_classes`` and ``input_shape`` come from the file
+            when it has them and must agree if given. (default: nothing given)
+
+    Returns:
+        The classifier on the CPU in eval mode; its logits are the pre-softmax values of the
+        Keras model.
+
+    Raises:
+        ONPInputError: Missing or unreadable file, an unsupported layer (named, with its class),
+            missing or extra weights, NaN weights, or options contradicting the file.
+    """
+    path = require_file(path)
+    where = str(path)
+    options = options or ImportOptions()
+    keras = read_keras_file(path)
+    model_config = keras.model_config
+    if options.keras_config is not None:
+        if model_config is not None:
+            raise ONPInputError(f"{where}: the file holds its own architecture; drop "
+                                f"--keras-config {options.keras_config}")
+        config_path = require_file(options.keras_config)
+        model_config = _config_json(config_path.read_text(), str(config_path))
+    if options.input_scale is None:
+        logger.info("%s: assuming the Keras model saw x/255 (input_scale=1); pass "
+                    "--input-scale 255 for a model fed raw pixels", where)
+    if model_config is not None:
+        return _import_graph(path, keras, model_config, options)
+    if keras.layout == "keras-h5-weights":
+        return _import_deepid(path, keras, options)
+    raise ONPInputError(f"{where}: a Keras 3 weights-only file holds no architecture; pass its "
+                        f"JSON (model.to_json()) with --keras-config FILE")

@@ -17,7 +17,7 @@ import torch
 from onp.errors import ONPInputError
 from onp.models.bundle import Classifier, load_bundle
 from onp.models.importers import ImportOptions
-from onp.models.keras_import import KERAS_SUFFIXES, import_keras_h5
+from onp.models.keras_import import KERAS_SUFFIXES, import_keras
 from onp.models.torch_import import TORCH_SUFFIXES, import_safetensors, import_torch_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -26,13 +26,13 @@ Importer = Callable[[Path, ImportOptions], Classifier]
 
 # File suffix -> importer.
 IMPORTERS: dict[str, Importer] = {
-    **{suffix: import_keras_h5 for suffix in KERAS_SUFFIXES},
+    **{suffix: import_keras for suffix in KERAS_SUFFIXES},
     **{suffix: import_torch_checkpoint for suffix in TORCH_SUFFIXES},
     ".safetensors": import_safetensors,
 }
 # Leading bytes -> importer, for files with another suffix.
 _SIGNATURES: dict[bytes, Importer] = {
-    b"\x89HDF\r\n\x1a\n": import_keras_h5,
+    b"\x89HDF\r\n\x1a\n": import_keras,
     b"PK\x03\x04": import_torch_checkpoint,  # torch.save's zip format
     b"\x80": import_torch_checkpoint,  # a pickle (torch.save's legacy format)
 }

@@ -11,8 +11,9 @@ graph relies on.
 
 from __future__ import annotations
 
+import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onp.errors import ONPInputError
+from onp.models.layer_graph import LayerGraphNet, Node
 
 ArchitectureBuilder = Callable[..., nn.Module]
 _REGISTRY: dict[str, ArchitectureBuilder] = {}
@@ -44,15 +46,77 @@ def available_architectures() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def is_user_architecture(name: str) -> bool:
+    """Whether ``name`` names a user's class, ``"module.path:ClassName"``, not a zoo entry."""
+    return ":" in name
+
+
 def canonical_name(name: str) -> str:
-    """Resolve an alias (e.g. BackdoorBench's ``preactresnet18``) to a registry name."""
+    """Resolve an alias (e.g. BackdoorBench's ``preactresnet18``) to a registry name.
+
+    A user architecture (``module.path:ClassName``) resolves only after
+    :func:`trust_user_architecture` registered it in this process.
+    """
+    if is_user_architecture(name):
+        if name not in _REGISTRY:
+            raise ONPInputError(
+                f"architecture {name!r} is a user's class; ONP imports a module only when the "
+                f"user names it (--architecture {name}, or trust_user_architecture({name!r}) in "
+                f"Python), never because a file names it"
+            )
+        return name
     key = name.lower()
     key = _ALIASES.get(key, key)
     if key not in _REGISTRY:
         raise ONPInputError(
-            f"unknown architecture {name!r}; known: {', '.join(available_architectures())}"
+            f"unknown architecture {name!r}; known: {', '.join(available_architectures())}, or "
+            f"module.path:ClassName for your own nn.Module"
         )
     return key
+
+
+def trust_user_architecture(reference: str) -> str:
+    """Import the user's ``module.path:ClassName`` and register it as an architecture.
+
+    This runs the module's code: call it only for a module the user named (the CLI's
+    ``--architecture``). The class is built with the bundle's ``arch_options`` as keyword
+    arguments, plus ``num_classes`` and ``input_shape`` where its constructor takes them, and must
+    map ``[B, C, H, W]`` to logits ``[B, num_classes]``.
+
+    Args:
+        reference: ``"package.module:ClassName"`` (the module must be importable: installed, or
+            on ``PYTHONPATH`` / in the working directory).
+
+    Returns:
+        ``reference``, now a name :func:`build_architecture` accepts.
+
+    Raises:
+        ONPInputError: Not of the form ``module:Class``, the module does not import, or it has no
+            such class.
+    """
+    module_path, _, class_name = reference.partition(":")
+    if not module_path or not class_name.isidentifier():
+        raise ONPInputError(f"--architecture {reference!r}: expected a zoo name or "
+                            f"module.path:ClassName")
+    if reference in _REGISTRY:
+        return reference
+    try:
+        module = importlib.import_module(module_path)
+    except ImportError as error:
+        raise ONPInputError(f"--architecture {reference!r}: cannot import module "
+                            f"{module_path!r} ({error}); is it on PYTHONPATH?") from None
+    cls = getattr(module, class_name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise ONPInputError(f"--architecture {reference!r}: module {module_path!r} has no "
+                            f"nn.Module class {class_name!r}")
+    accepted = inspect.signature(cls).parameters
+
+    def build(num_classes: int, input_shape: tuple[int, int, int], **options: Any) -> nn.Module:
+        given = {"num_classes": num_classes, "input_shape": input_shape}
+        return cls(**options, **{k: v for k, v in given.items() if k in accepted})
+
+    _REGISTRY[reference] = build
+    return reference
 
 
 def build_architecture(
@@ -74,7 +138,7 @@ def build_architecture(
     builder = _REGISTRY[canonical_name(name)]
     accepted = set(inspect.signature(builder).parameters) - {"num_classes", "input_shape"}
     unknown = sorted(set(options) - accepted)
-    if unknown:
+    if unknown and not is_user_architecture(name):  # a user class checks its own arguments
         raise ONPInputError(f"architecture {name!r} does not accept options "
                             f"{ {k: options[k] for k in unknown} }; it takes {sorted(accepted)}")
     return builder(num_classes=num_classes, input_shape=tuple(input_shape), **options)
@@ -385,3 +449,15 @@ class DeepID(nn.Module):
 @register_architecture("deepid")
 def _deepid(num_classes: int, input_shape: tuple[int, int, int] = (3, 55, 47)) -> nn.Module:
     return DeepID(num_classes, input_shape)
+
+
+LAYER_GRAPH = "layer_graph"
+"""The architecture of models imported from Keras and ONNX (their layers in ``arch_options``)."""
+
+
+@register_architecture(LAYER_GRAPH)
+def layer_graph(
+    num_classes: int, input_shape: tuple[int, int, int], nodes: Sequence[Node], output: str
+) -> nn.Module:
+    """A network imported from Keras or ONNX, given by its nodes (see ``layer_graph``)."""
+    return LayerGraphNet(num_classes, input_shape, nodes, output)

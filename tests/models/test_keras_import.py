@@ -1,4 +1,8 @@
-"""Keras DeepID import: outputs equal an independent NumPy channels-last forward pass."""
+"""Keras DeepID import (CSAW-HackML): outputs equal an independent NumPy channels-last forward pass.
+
+A weights-only file is recognised as DeepID; a full model file goes through the generic Keras
+translation (``layer_graph``); both must give the Keras outputs.
+"""
 
 import json
 import logging
@@ -11,7 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from onp.errors import ONPInputError
 from onp.models.importers import ImportOptions
-from onp.models.keras_import import import_keras_h5
+from onp.models.keras_import import import_keras
 from onp.models.loading import load_model
 
 INPUT_SHAPE = (3, 55, 47)
@@ -34,6 +38,11 @@ LAYERS = [
     ("activation_1", "Activation"),
     ("output", "Dense"),
 ]
+# The layers each layer takes (functional model_config inbound_nodes).
+INBOUND = {"conv_1": "input", "pool_1": "conv_1", "conv_2": "pool_1", "pool_2": "conv_2",
+           "conv_3": "pool_2", "pool_3": "conv_3", "flatten_1": "pool_3", "fc_1": "flatten_1",
+           "conv_4": "pool_3", "flatten_2": "conv_4", "fc_2": "flatten_2",
+           "add_1": ("fc_1", "fc_2"), "activation_1": "add_1", "output": "activation_1"}
 # 55x47 -> conv 4x4, pool -> 26x22 -> conv 3x3, pool -> 12x10 -> conv 3x3, pool -> 5x4 (p3);
 # conv_4 2x2 on p3 -> 4x3. So fc_1 takes 5*4*60 = 1200 inputs and fc_2 4*3*80 = 960.
 SHAPES = {
@@ -120,6 +129,7 @@ def _config(names, input_shape=INPUT_SHAPE, overrides=None):
         "Add": {},
     }
     layers = []
+    renamed = dict(zip([n for n, _ in LAYERS], names, strict=True))
     for (default, kind), name in zip(LAYERS, names, strict=True):
         config = {"name": name, "trainable": True, **per_class[kind]}
         if default == "output":
@@ -127,8 +137,13 @@ def _config(names, input_shape=INPUT_SHAPE, overrides=None):
         if kind in ("Conv2D", "Dense"):
             config["filters" if kind == "Conv2D" else "units"] = SHAPES[default][-1]
         config.update((overrides or {}).get(default, {}))
-        layers.append({"name": name, "class_name": kind, "config": config, "inbound_nodes": []})
-    model = {"name": "model_1", "layers": layers, "input_layers": [[names[0], 0, 0]]}
+        sources = INBOUND.get(default, ())
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        inbound = [[[renamed[s], 0, 0, {}] for s in sources]] if sources else []
+        layers.append({"name": name, "class_name": kind, "config": config,
+                       "inbound_nodes": inbound})
+    model = {"name": "model_1", "layers": layers, "input_layers": [[names[0], 0, 0]],
+             "output_layers": [[renamed["output"], 0, 0]]}
     return json.dumps({"class_name": "Model", "config": model})
 
 
@@ -192,7 +207,7 @@ def test_both_layouts_match_the_keras_forward_pass(tmp_path, layout):
     weights = make_weights()
     path = write_keras(tmp_path / f"bd_{layout}.h5", weights, layout)
     model = load_model(path)
-    assert model.spec.architecture == "deepid"
+    assert model.spec.architecture == ("deepid" if layout == "weights" else "layer_graph")
     assert model.spec.num_classes == NUM_CLASSES  # from the output kernel
     assert model.spec.input_shape == INPUT_SHAPE
     assert model.spec.input_scale == 1.0
@@ -204,7 +219,10 @@ def test_both_layouts_match_the_keras_forward_pass(tmp_path, layout):
     assert provenance["format"] == f"keras-h5-{layout}"
     assert provenance["source"] == str(path.resolve())
     assert provenance["keras_version"] == "2.3.1"
-    assert provenance["layer_mapping"]["fc_2"] == "fc_2"
+    if layout == "weights":
+        assert provenance["layer_mapping"]["fc_2"] == "fc_2"
+    else:
+        assert provenance["output_activation"] == "softmax"  # left out: the net gives logits
 
 
 def test_input_shape_comes_from_model_config(tmp_path):
@@ -212,19 +230,20 @@ def test_input_shape_comes_from_model_config(tmp_path):
     path = write_keras(tmp_path / "m.h5", weights)
     with h5py.File(path, "a") as f:  # claim a different input size: fc_1 then no longer fits
         f.attrs["model_config"] = _config([n for n, _ in LAYERS], input_shape=(3, 64, 64))
-    with pytest.raises(ONPInputError, match=r"fc_1 takes 1200 inputs.*\(3, 64, 64\)"):
-        import_keras_h5(path)
+    with pytest.raises(ONPInputError,
+                       match=r"layer 'fc_1' \(Dense\): kernel \(1200, 160\) does not fit 2160 in"):
+        import_keras(path)
 
 
 def test_input_scale_255_feeds_raw_pixels(tmp_path):
     weights = make_weights(conv_1_scale=1 / 255)  # a net trained on 0-255 pixels
     path = write_keras(tmp_path / "raw.h5", weights)
     x = _images()
-    raw = import_keras_h5(path, ImportOptions(input_scale=255))
+    raw = import_keras(path, ImportOptions(input_scale=255))
     assert raw.spec.input_scale == 255.0
     assert raw.spec.provenance["input_scale_given"] is True
     _assert_matches_keras(raw, weights, x, scale=255.0)
-    unit = import_keras_h5(path)  # default: Keras saw x/255
+    unit = import_keras(path)  # default: Keras saw x/255
     _assert_matches_keras(unit, weights, x, scale=1.0)
     with torch.no_grad():
         assert not torch.allclose(raw(x), unit(x), atol=1e-3)
@@ -234,24 +253,26 @@ def test_other_layer_names_are_inferred_from_kernel_shapes(tmp_path, caplog):
     rename = {"conv_1": "conv2d_1", "conv_2": "conv2d_2", "conv_3": "conv2d_3"}
     rename |= {"conv_4": "conv2d_4", "fc_1": "dense_1", "fc_2": "dense_2", "output": "dense_3"}
     weights = make_weights(seed=3)
-    for layout in ("weights", "model"):
-        path = write_keras(tmp_path / f"renamed_{layout}.h5", weights, layout, rename=rename)
-        with caplog.at_level(logging.WARNING, logger="onp.models.keras_import"):
-            model = import_keras_h5(path)
-        assert "inferred from kernel shapes" in caplog.text
-        assert model.spec.provenance["layer_mapping"] == {k: rename[k] for k in SHAPES}
-        _assert_matches_keras(model, weights, _images())
+    path = write_keras(tmp_path / "renamed_weights.h5", weights, "weights", rename=rename)
+    with caplog.at_level(logging.WARNING, logger="onp.models.keras_import"):
+        model = import_keras(path)
+    assert "inferred from kernel shapes" in caplog.text
+    assert model.spec.provenance["layer_mapping"] == {k: rename[k] for k in SHAPES}
+    _assert_matches_keras(model, weights, _images())
+    # A full model names its layers in its config: any names translate.
+    path = write_keras(tmp_path / "renamed_model.h5", weights, "model", rename=rename)
+    _assert_matches_keras(import_keras(path), weights, _images())
     # Dense layers listed out of order: fc_1/fc_2/output are told apart by their input sizes.
     order = [name for name, _ in LAYERS if name not in ("fc_1", "fc_2", "output")]
     order += ["output", "fc_2", "fc_1"]
     path = write_keras(tmp_path / "shuffled.h5", weights, "weights", rename=rename, order=order)
-    _assert_matches_keras(import_keras_h5(path), weights, _images())
+    _assert_matches_keras(import_keras(path), weights, _images())
 
 
 def test_chunked_layer_names_attribute(tmp_path):
     weights = make_weights()
     path = write_keras(tmp_path / "chunked.h5", weights, "weights", chunked=True)
-    _assert_matches_keras(import_keras_h5(path), weights, _images(2))
+    _assert_matches_keras(import_keras(path), weights, _images(2))
 
 
 def test_missing_and_non_keras_files_are_clear_errors(tmp_path):
@@ -276,7 +297,7 @@ def test_unknown_architecture_lists_the_layers_found(tmp_path):
     with h5py.File(path, "w") as f:
         _write_layers(f, weights, [n for n, _ in LAYERS] + ["conv_5"])
     with pytest.raises(ONPInputError, match=r"bigger\.h5: not the DeepID architecture.*conv_5 \("):
-        import_keras_h5(path)
+        import_keras(path)
     batchnorm = {"gamma": np.ones(20), "beta": np.zeros(20)}
     path = tmp_path / "bn.h5"
     with h5py.File(path, "w") as f:
@@ -290,15 +311,22 @@ def test_unknown_architecture_lists_the_layers_found(tmp_path):
             for k, v in arrays.items():
                 group.create_dataset(f"{name}/{k}:0", data=v)
     with pytest.raises(ONPInputError, match=r"not the DeepID.*bn_1 \(gamma \(20,\), beta"):
-        import_keras_h5(path)
+        import_keras(path)
 
 
-def test_model_config_with_other_operations_is_refused(tmp_path):
-    path = write_keras(
-        tmp_path / "same.h5", make_weights(), config_overrides={"conv_2": {"padding": "same"}}
-    )
-    with pytest.raises(ONPInputError, match=r"not the DeepID architecture.*conv_2: padding='same'"):
-        import_keras_h5(path)
+def test_model_config_settings_are_translated_not_assumed(tmp_path):
+    # conv_2 with "same" padding (26x22 stays 26x22) is another network than DeepID's.
+    weights = make_weights()
+    path = write_keras(tmp_path / "same.h5", weights,
+                       config_overrides={"conv_2": {"padding": "same"}})
+    model = import_keras(path)
+    conv_2 = next(n for n in model.spec.arch_options["nodes"] if n["name"] == "conv_2")
+    assert conv_2["padding"] == [1, 1, 1, 1]
+    x = _images()
+    _, deepid_probs = keras_forward(x.permute(0, 2, 3, 1).numpy(), weights)
+    with torch.no_grad():
+        probs = torch.softmax(model(x).double(), 1).numpy()
+    assert np.abs(probs - deepid_probs).max() > 1e-3
 
 
 def test_nan_weights_are_refused(tmp_path):
@@ -306,7 +334,7 @@ def test_nan_weights_are_refused(tmp_path):
     weights["fc_2"][0][3, 5] = np.nan
     path = write_keras(tmp_path / "nan.h5", weights, "weights")
     with pytest.raises(ONPInputError, match=r"nan\.h5.*NaN.*fc_2\.weight"):
-        import_keras_h5(path)
+        import_keras(path)
 
 
 def test_options_that_contradict_the_file_are_refused(tmp_path):
@@ -315,8 +343,11 @@ def test_options_that_contradict_the_file_are_refused(tmp_path):
         load_model(path, num_classes=10)
     with pytest.raises(ONPInputError, match="input_shape"):
         load_model(path, input_shape=(3, 56, 47))
-    with pytest.raises(ONPInputError, match="'deepid' only"):
+    with pytest.raises(ONPInputError, match="imported as 'layer_graph', got architecture 'resnet'"):
         load_model(path, architecture="resnet")
+    with pytest.raises(ONPInputError, match="read as 'deepid'.*--keras-config"):
+        load_model(write_keras(tmp_path / "w1.h5", make_weights(), "weights"),
+                   architecture="resnet")
     weights_only = write_keras(tmp_path / "w.h5", make_weights(), "weights")
     with pytest.raises(ONPInputError, match=r"fc_1 takes 1200 inputs"):
         load_model(weights_only, input_shape=(3, 64, 64))

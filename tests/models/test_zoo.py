@@ -12,8 +12,23 @@ SHAPES = {
     "vgg_bn": (1, 28, 28),
     "plain_cnn": (3, 32, 32),
     "deepid": (3, 55, 47),
+    "layer_graph": (3, 8, 8),
 }
-SMALL = {"preact_resnet18": {"width": 8}}
+# A small imported network: conv -> BN -> relu, a residual add, max pool, flatten, dense.
+LAYER_GRAPH_NODES = [
+    {"name": "conv", "op": "conv2d", "inputs": ["input"], "in_channels": 3, "out_channels": 4,
+     "kernel_size": [3, 3], "stride": [1, 1], "padding": [1, 1, 1, 1], "dilation": [1, 1],
+     "groups": 1, "bias": False},
+    {"name": "bn", "op": "batchnorm", "inputs": ["conv"], "num_features": 4, "eps": 1e-3},
+    {"name": "relu", "op": "activation", "inputs": ["bn"], "function": "relu"},
+    {"name": "skip", "op": "add", "inputs": ["relu", "conv"]},
+    {"name": "pool", "op": "maxpool", "inputs": ["skip"], "kernel_size": [2, 2],
+     "stride": [2, 2], "padding": [0, 1, 0, 1]},
+    {"name": "flat", "op": "flatten", "inputs": ["pool"]},
+    {"name": "fc", "op": "dense", "inputs": ["flat"], "in_features": 64, "out_features": 7},
+]
+SMALL = {"preact_resnet18": {"width": 8},
+         "layer_graph": {"nodes": LAYER_GRAPH_NODES, "output": "fc"}}
 
 
 def test_every_architecture_has_a_shape_test():
@@ -46,6 +61,18 @@ def test_deepid_layer_sizes_match_the_csaw_net():
     # p3 is 60 x 5 x 4 = 1200 features; conv_4 on p3 gives 80 x 4 x 3 = 960.
     assert model.fc_1.in_features == 1200 and model.fc_2.in_features == 960
     assert model.output.out_features == 1283
+
+
+def test_a_layer_graph_that_does_not_fit_is_refused_naming_the_layer():
+    nodes = [dict(node) for node in LAYER_GRAPH_NODES]
+    nodes[-1]["in_features"] = 60
+    with pytest.raises(ONPInputError, match="layer 'fc': takes 60 features, its input has 64"):
+        build_architecture("layer_graph", 7, (3, 8, 8), nodes=nodes, output="fc")
+    with pytest.raises(ONPInputError, match=r"output 'fc' gives shape \(7,\), expected \(5,\)"):
+        build_architecture("layer_graph", 5, (3, 8, 8), nodes=LAYER_GRAPH_NODES, output="fc")
+    bad = [*LAYER_GRAPH_NODES[:1], {"name": "x", "op": "lstm", "inputs": ["conv"]}]
+    with pytest.raises(ONPInputError, match="unknown op 'lstm'"):
+        build_architecture("layer_graph", 7, (3, 8, 8), nodes=bad, output="x")
 
 
 def test_aliases_and_unknown_names():
