@@ -18,6 +18,7 @@ from onp.errors import ONPInputError
 from onp.models.bundle import Classifier, load_bundle
 from onp.models.importers import ImportOptions
 from onp.models.keras_import import KERAS_SUFFIXES, import_keras
+from onp.models.onnx_import import ONNX_SUFFIXES, import_onnx
 from onp.models.torch_import import TORCH_SUFFIXES, import_safetensors, import_torch_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ Importer = Callable[[Path, ImportOptions], Classifier]
 IMPORTERS: dict[str, Importer] = {
     **{suffix: import_keras for suffix in KERAS_SUFFIXES},
     **{suffix: import_torch_checkpoint for suffix in TORCH_SUFFIXES},
+    **{suffix: import_onnx for suffix in ONNX_SUFFIXES},
     ".safetensors": import_safetensors,
 }
 # Leading bytes -> importer, for files with another suffix.
