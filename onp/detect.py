@@ -3,7 +3,10 @@
 Prints one line per input image, a class in ``[0, N]``; ``N`` (the number of classes of the
 repaired model) means "backdoored", as in the CSAW-HackML evaluation scripts. Inputs are image
 files (PNG, JPEG, ...; resized to the model's input size) or HDF5 files with a ``data`` array
-(CSAW-HackML layout, pixels 0..255; a ``label`` array is ignored), one line per image in order.
+(CSAW-HackML layout; integer or float 0..255, or float 0..1, told apart as ``onp.apply``'s data
+files are, see :func:`onp.data.hdf5.pixel_scale`; a ``label`` array is ignored), one line per
+image in order. A detector whose models are your own ``nn.Module`` needs ``--architecture
+module.path:ClassName`` (that module is imported; nothing named in a file is).
 
     python -m onp.detect --detector runs/apply-badnets/detector --input test.h5
     python -m onp.detect --detector runs/csaw/detector --input face1.png face2.jpg
@@ -24,8 +27,9 @@ import torch
 from onp.config import parse_config
 from onp.data.arrays import UINT8_MAX
 from onp.data.files import ColorMode, decode_image
-from onp.data.hdf5 import to_nchw, to_unit_range
+from onp.data.hdf5 import pixel_scale, to_nchw, to_unit_range
 from onp.errors import ONPInputError
+from onp.models.zoo import trust_user_architecture
 from onp.repair.detector import load_detector
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -37,11 +41,17 @@ class DetectConfig:
 
     detector: str = field(default="", metadata={"help": "detector folder (apply's detector/)"})
     input: tuple[str, ...] = field(default=(), metadata={"help": "image or HDF5 files"})
-    scale: float = field(default=UINT8_MAX, metadata={"help": "HDF5 pixel value that maps to 1"})
+    scale: float | None = field(default=None, metadata={
+        "help": "HDF5 pixel value that maps to 1 (default: 255, or 1 for float pixels <= 1)"})
+    architecture: str | None = field(default=None, metadata={
+        "help": "module.path:ClassName of your own architecture, when the detector's models use "
+                "one (imports that module)"})
     batch_size: int = field(default=256, metadata={"help": "images per forward pass"})
 
 
-def read_inputs(paths: Sequence[str], shape: tuple[int, int, int], scale: float) -> torch.Tensor:
+def read_inputs(
+    paths: Sequence[str], shape: tuple[int, int, int], scale: float | None
+) -> torch.Tensor:
     """All inputs as one batch.
 
     Returns:
@@ -66,7 +76,8 @@ def read_inputs(paths: Sequence[str], shape: tuple[int, int, int], scale: float)
                     data = handle["data"][()]
             except OSError as error:
                 raise ONPInputError(f"{path}: expected an HDF5 file ({error})") from error
-            images = to_unit_range(to_nchw(data, str(path)), scale, str(path))
+            images = to_unit_range(to_nchw(data, str(path)), pixel_scale(data, scale, str(path)),
+                                   str(path))
         else:
             mode: ColorMode = "L" if channels == 1 else "RGB"
             array = decode_image(path.read_bytes(), str(path), mode, size=(height, width))
@@ -89,8 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ONPInputError("detect: expected --detector DIR (the detector/ of onp.apply)")
         if config.batch_size < 1:
             raise ONPInputError(f"--batch-size: expected at least 1, found {config.batch_size}")
-        if not config.scale > 0:
+        if config.scale is not None and not config.scale > 0:
             raise ONPInputError(f"--scale: expected a positive pixel value, found {config.scale}")
+        if config.architecture is not None:
+            trust_user_architecture(config.architecture)
         detector = load_detector(config.detector)
         shape = tuple(detector.original.spec.input_shape)
         images = read_inputs(config.input, shape, config.scale)  # type: ignore[arg-type]

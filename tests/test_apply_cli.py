@@ -13,9 +13,11 @@ import torch
 from onp.apply import main as apply_main
 from onp.config import parse_config
 from onp.errors import ONPInputError
+from onp.eval.metrics import predict
 from onp.graph.groups import trace_groups
 from onp.graph.mask import masked
 from onp.models.bundle import load_bundle
+from onp.models.loading import load_model
 from onp.repair import pipeline
 from onp.repair.compact import load_compact
 from onp.repair.detector import choose_rule, load_detector
@@ -236,9 +238,11 @@ def test_a_csaw_keras_deepid_gets_an_extra_class_n(tmp_path) -> None:
                          np.zeros(classes, np.float32))
     model = write_keras(tmp_path / "bd_net.h5", weights, layout="weights")
     pixels = rng.uniform(0, 255, (160, 55, 47, 3)).astype(np.float32)
-    data = _write_h5(tmp_path / "clean_validation_data.h5", pixels[:128],
-                     np.arange(128) % 8)
-    test = _write_h5(tmp_path / "clean_test_data.h5", pixels[128:], np.arange(32) % 8)
+    # Labels are B's own answers: apply refuses a B near chance on its defense data (the sign
+    # of a wrong input scaling), and random weights know no faces.
+    labels = predict(load_model(model), torch.from_numpy(pixels).permute(0, 3, 1, 2) / 255.0)
+    data = _write_h5(tmp_path / "clean_validation_data.h5", pixels[:128], labels[:128].numpy())
+    test = _write_h5(tmp_path / "clean_test_data.h5", pixels[128:], labels[128:].numpy())
     out = tmp_path / "csaw"
     args = ["--model", str(model), "--data", str(data), "--eval-data", str(test)]
     assert apply_main(args + _tiny(out, "--rounds", "1", "--batch-size", "32")) == 0

@@ -4,11 +4,10 @@ Image layout: ``[N, C, H, W]`` or ``[N, H, W, C]`` with ``C`` 3 or 1, told apart
 size 3 or 1 (an array where both axes 1 and 3 do is ambiguous: pass ``layout``), or ``[N, H, W]``
 for single-channel images.
 
-Value range:
-    - HDF5: pixel values in ``[0, 255]`` (uint8 or float), divided by 255, as in the CSAW-HackML
-      files (float32 holding 0..255). Pass ``scale=1`` for float files already in ``[0, 1]``.
-    - npz: uint8 is ``[0, 255]``; a float array is taken as ``[0, 255]`` if its maximum exceeds 1,
-      else as ``[0, 1]``, unless ``scale`` is given.
+Value range (both formats, unless ``scale`` names the pixel value that maps to 1): integer images
+are ``[0, 255]``; float images are ``[0, 255]`` when their maximum exceeds 1 (the CSAW-HackML
+files hold float32 0..255), else ``[0, 1]``. The range taken is logged; values outside it are
+an error.
 
 Labels may be stored as floats but must be whole numbers. The number of classes is
 ``len(class_names)``, else ``num_classes``, else the largest label plus one.
@@ -101,6 +100,24 @@ def to_unit_range(images: np.ndarray, scale: float, where: str) -> torch.Tensor:
     return out.div_(scale)
 
 
+def pixel_scale(images: np.ndarray, scale: float | None, where: str) -> float:
+    """The pixel value that maps to 1: ``scale`` if given, else read off the values.
+
+    Integer images are 0-255; float images are 0-255 when their maximum exceeds 1, else 0-1 (a
+    float file of 0-255 pixels whose maximum is at most 1 would be near-black images).
+    """
+    if scale is not None:
+        if not scale > 0:
+            raise ONPInputError(f"{where}: the pixel scale must be positive, got {scale}")
+        return float(scale)
+    if not np.issubdtype(images.dtype, np.floating) or not images.size:
+        return UINT8_MAX
+    peak = float(np.nanmax(images))
+    found = UINT8_MAX if peak > 1 else 1.0
+    log.info("%s: float pixels with maximum %g, read as [0, %g]", where, peak, found)
+    return found
+
+
 def _class_names(
     labels: np.ndarray, num_classes: int | None, class_names: tuple[str, ...] | None, where: str
 ) -> tuple[str, ...]:
@@ -167,7 +184,7 @@ def load_hdf5(
     class_names: tuple[str, ...] | None = None,
     name: str | None = None,
     layout: Layout = "auto",
-    scale: float = UINT8_MAX,
+    scale: float | None = None,
 ) -> ImageSet:
     """Load a CSAW-HackML-style HDF5 file with datasets ``data`` (images) and ``label``.
 
@@ -177,7 +194,8 @@ def load_hdf5(
         class_names: One name per class (default: ``"0"``, ``"1"``...).
         name: Dataset name (default: the file's stem).
         layout: ``"NCHW"``, ``"NHWC"`` or ``"auto"`` (default: ``"auto"``).
-        scale: Pixel value that maps to 1 (default: 255).
+        scale: Pixel value that maps to 1 (default: read off the values, see
+            :func:`pixel_scale`).
 
     Shapes:
         images: ``[N, C, H, W]`` float32 in ``[0, 1]``; labels: ``[N]`` int64.
@@ -194,11 +212,10 @@ def load_hdf5(
             images, labels = handle["data"][()], handle["label"][()]
     except OSError as err:
         raise ONPInputError(f"{path}: expected an HDF5 file, found: {err}") from err
-    if np.issubdtype(images.dtype, np.floating) and images.size and float(np.nanmax(images)) <= 1:
-        log.warning("%s: float pixels all <= 1; if they are in [0, 1], pass scale=1", path)
     log.info("read %d images %s from %s", len(images), list(images.shape), path)
     return arrays_to_imageset(
-        images, labels, str(path), name or path.stem, scale, num_classes, class_names, layout
+        images, labels, str(path), name or path.stem, pixel_scale(images, scale, str(path)),
+        num_classes, class_names, layout
     )
 
 
@@ -218,8 +235,8 @@ def load_npz(
         class_names: One name per class (default: ``"0"``, ``"1"``...).
         name: Dataset name (default: the file's stem).
         layout: ``"NCHW"``, ``"NHWC"`` or ``"auto"`` (default: ``"auto"``).
-        scale: Pixel value that maps to 1 (default: 255 for uint8 or a float maximum above 1,
-            else 1).
+        scale: Pixel value that maps to 1 (default: read off the values, see
+            :func:`pixel_scale`).
 
     Shapes:
         images: ``[N, C, H, W]`` float32 in ``[0, 1]``; labels: ``[N]`` int64.
@@ -237,9 +254,7 @@ def load_npz(
         raise
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise ONPInputError(f"{path}: expected an .npz file without pickles, found: {err}") from err
-    if scale is None:
-        is_float = np.issubdtype(images.dtype, np.floating)
-        scale = 1.0 if is_float and images.size and float(np.nanmax(images)) <= 1 else UINT8_MAX
     return arrays_to_imageset(
-        images, labels, str(path), name or path.stem, scale, num_classes, class_names, layout
+        images, labels, str(path), name or path.stem, pixel_scale(images, scale, str(path)),
+        num_classes, class_names, layout
     )

@@ -1,4 +1,4 @@
-"""One entry point for every model ONP reads: bundles, PyTorch, Keras and safetensors files.
+"""One entry point for every model ONP reads: bundles, PyTorch, Keras, ONNX and safetensors files.
 
 The format is chosen by what ``path`` is: a directory is a bundle
 (:func:`onp.models.bundle.load_bundle`); otherwise the suffix picks the importer, and for an
@@ -20,6 +20,7 @@ from onp.models.importers import ImportOptions
 from onp.models.keras_import import KERAS_SUFFIXES, import_keras
 from onp.models.onnx_import import ONNX_SUFFIXES, import_onnx
 from onp.models.torch_import import TORCH_SUFFIXES, import_safetensors, import_torch_checkpoint
+from onp.models.zoo import is_user_architecture, trust_user_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +56,17 @@ def load_model(
     """Load a model bundle or import a user's model file as a :class:`Classifier`.
 
     Args:
-        path: A bundle directory (``spec.json`` + ``weights.safetensors``), a Keras DeepID
-            ``.h5``/``.hdf5``, a PyTorch ``.pt``/``.pth``/``.bin`` checkpoint, or a bare
-            ``.safetensors`` state dict.
+        path: A bundle directory (``spec.json`` + ``weights.safetensors``), a Keras
+            ``.h5``/``.hdf5``/``.keras`` file, an ONNX ``.onnx`` file, a PyTorch
+            ``.pt``/``.pth``/``.bin`` checkpoint, or a bare ``.safetensors`` state dict.
         device: Where to put the model (default: ``"cpu"``).
         **overrides: What the file does not say, as fields of
             :class:`~onp.models.importers.ImportOptions`: ``architecture``, ``num_classes``,
             ``input_shape``, ``arch_options``, ``input_scale``, ``mean``, ``std``,
-            ``class_names``. Not allowed for a bundle, whose spec is authoritative.
+            ``class_names``, ``keras_config``. Not allowed for a bundle, whose spec is
+            authoritative, except ``architecture="module.path:ClassName"``: naming a user's
+            class is what lets ONP import its module (for a file, or for a bundle whose spec
+            names it).
 
     Returns:
         The classifier in eval mode. An imported model's ``spec.provenance`` records the source
@@ -76,6 +80,11 @@ def load_model(
     where = str(path)
     if not path.exists():
         raise ONPInputError(f"{where}: no such file or directory")
+    architecture = overrides.get("architecture")
+    if isinstance(architecture, str) and is_user_architecture(architecture):
+        trust_user_architecture(architecture)  # the caller named it: its module may be imported
+        if path.is_dir():  # the bundle's spec names the class; naming it too is the permission
+            overrides = {k: v for k, v in overrides.items() if k != "architecture"}
     options = ImportOptions.from_overrides(overrides, where)
     if path.is_dir():
         if overrides:

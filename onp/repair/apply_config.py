@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from onp.errors import ONPInputError
 from onp.repair.detector import AUTO_RULE, DEFAULT_RULE, DEFAULT_THRESHOLD, check_rule
@@ -46,6 +47,11 @@ def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
 
+IMPORT_FIELDS = ("architecture", "arch_options", "num_classes", "input_shape", "input_scale",
+                 "mean", "std", "keras_config")
+"""ApplyConfig fields passed to :func:`onp.models.loading.load_model` when set."""
+
+
 @dataclass(frozen=True)
 class ApplyConfig:
     """Configuration of ``python -m onp.apply``; defaults in ``configs/apply.yaml``.
@@ -53,7 +59,29 @@ class ApplyConfig:
     YAML keys are the flags with ``_`` for ``-``.
     """
 
-    model: str = field(default="", metadata=_help("bundle dir, Keras .h5 or torch checkpoint"))
+    model: str = field(default="", metadata=_help(
+        "bundle dir, Keras .h5/.keras, ONNX .onnx, torch checkpoint or safetensors file"))
+    architecture: str | None = field(default=None, metadata=_help(
+        "what a torch file does not say: a zoo name, or module.path:ClassName of your own "
+        "nn.Module (imports that module; needed again to load its B' and G)"))
+    arch_options: dict = field(default_factory=dict, metadata=_help(
+        "JSON keyword arguments of --architecture, e.g. '{\"width\": 32}'"))
+    num_classes: int | None = field(default=None, metadata=_help(
+        "classes, when the file does not tell"))
+    input_shape: tuple[int, ...] | None = field(default=None, metadata=_help(
+        "C H W of the inputs, when the file does not tell"))
+    input_scale: float | None = field(default=None, metadata=_help(
+        "multiplier from [0, 1] images to what the model was trained on: 255 for raw pixels "
+        "(default 1)"))
+    mean: tuple[float, ...] | None = field(default=None, metadata=_help(
+        "per-channel mean the model subtracts after scaling"))
+    std: tuple[float, ...] | None = field(default=None, metadata=_help(
+        "per-channel std the model divides by after scaling"))
+    keras_config: str | None = field(default=None, metadata=_help(
+        "Keras architecture JSON (model.to_json()) for a weights-only Keras file"))
+    data_scale: float | None = field(default=None, metadata=_help(
+        "pixel value that maps to 1 in --data/--eval files (default: 255, or 1 for float "
+        "pixels <= 1)"))
     mode: str = field(default=PRUNE_AND_REGROW, metadata=_help(
         "prune-and-regrow (fine-tune from the learned mask) or prune-only (B' = B with the "
         "learned mask, nothing trained)"))
@@ -164,6 +192,12 @@ class ApplyConfig:
     def trains_on_held_in(self) -> bool:
         """Whether B' is trained on the held-in images too (the refit of prune-and-regrow)."""
         return self.mode == PRUNE_AND_REGROW and self.refit
+
+    @property
+    def import_options(self) -> dict[str, Any]:
+        """The model-import flags that were set, as keyword arguments of ``load_model``."""
+        return {name: getattr(self, name) for name in IMPORT_FIELDS
+                if getattr(self, name) not in (None, {})}
 
     @property
     def policy_dir(self) -> str | None:

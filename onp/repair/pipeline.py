@@ -18,6 +18,7 @@ Stages (each timed for the report):
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from onp.config import config_from_dict, config_to_dict
 from onp.data.registry import load_dataset
 from onp.data.types import ImageSet
 from onp.errors import ONPInputError
+from onp.eval.metrics import accuracy_of, predict
 from onp.graph.mask import ChannelMask
 from onp.io import write_json
 from onp.models.bundle import Classifier, save_bundle
@@ -103,18 +105,57 @@ class StageTimer:
             log.info("apply: stage %s took %.1f s", name, self.seconds[name])
 
 
-def load_array_file(path: str, num_classes: int, what: str) -> ImageSet:
-    """An HDF5 (``data``/``label``) or npz (``x``/``y``) file as an image set of B's classes."""
+def load_array_file(path: str, num_classes: int, what: str, scale: float | None = None
+                    ) -> ImageSet:
+    """An HDF5 (``data``/``label``) or npz (``x``/``y``) file as an image set of B's classes.
+
+    ``scale`` is the pixel value that maps to 1 (default: read off the values, see
+    :func:`onp.data.hdf5.pixel_scale`).
+    """
     kind = DATA_FORMATS.get(Path(path).suffix.lower())
     if kind is None:
         raise ONPInputError(f"{path}: {what} must be an HDF5 (.h5, .hdf5) or .npz file")
-    return load_dataset(kind, path, "train", num_classes=num_classes)
+    return load_dataset(kind, path, "train", num_classes=num_classes, scale=scale)
 
 
 def _check_fits(images: ImageSet, model: Classifier, where: str) -> None:
     if tuple(images.meta.image_shape) != tuple(model.spec.input_shape):
         raise ONPInputError(f"{where}: images are {tuple(images.meta.image_shape)}, the model "
                             f"takes {tuple(model.spec.input_shape)}")
+
+
+MIN_ACCURACY_OVER_CHANCE = 2.0
+"""B must classify its defense data at least this many times better than chance, else apply
+stops: a model this far off is almost always read with the wrong input scaling."""
+
+
+def check_accuracy(model: Classifier, defense: ImageSet, where: str) -> None:
+    """Stop with a clear error when B is near chance on the defense data (wrong preprocessing).
+
+    Raises:
+        ONPInputError: B's accuracy is under ``MIN_ACCURACY_OVER_CHANCE`` times chance; the
+            message gives the accuracy under other input scalings when one of them fits.
+    """
+    classes = model.spec.num_classes
+    chance = 1.0 / classes
+    accuracy = accuracy_of(predict(model, defense.images), defense.labels)
+    if accuracy >= min(MIN_ACCURACY_OVER_CHANCE * chance, 0.5):
+        return
+    spec = model.spec
+    others = []
+    for scale in (1.0, 255.0):
+        if scale != spec.input_scale:
+            trial = copy.deepcopy(model)
+            trial.preprocess.scale = scale
+            others.append(f"--input-scale {scale:g} gives "
+                          f"{accuracy_of(predict(trial, defense.images), defense.labels):.1%}")
+    raise ONPInputError(
+        f"{where}: B classifies {accuracy:.1%} of the defense images correctly, chance is "
+        f"{chance:.1%}: the model is probably fed the wrong pixel range or normalization (input "
+        f"scale {spec.input_scale:g}, mean {spec.mean}, std {spec.std}). "
+        f"{'; '.join(others)}. Pass --input-scale/--mean/--std as the model was trained, or "
+        f"--data-scale for the data file's range"
+    )
 
 
 def load_inputs(config: ApplyConfig) -> ApplyInputs:
@@ -133,22 +174,30 @@ def load_inputs(config: ApplyConfig) -> ApplyInputs:
     name = path.stem if path.is_file() else (path.name if path.name != "model" else
                                               path.parent.name)
     if config.dataset is not None:
+        if config.import_options:
+            raise ONPInputError(f"apply: --dataset takes a bundle made by onp.attack, whose spec "
+                                f"says how to read it; drop {sorted(config.import_options)}")
         subject = load_subject(config.model, config.dataset, config.data_root,
                                config.defense_size, config.split_seed)
+        sources = {"dataset": config.dataset}
+        if subject.attack_note is not None:
+            sources["attack"] = subject.attack_note
         return ApplyInputs(name, subject.model, subject.defense, subject.test_clean,
-                           subject.evaluation_probe(), {"dataset": config.dataset})
+                           subject.evaluation_probe(), sources)
     assert config.data is not None  # one of --data and --dataset, checked above
-    model = load_model(config.model)
+    model = load_model(config.model, **config.import_options)
     classes = model.spec.num_classes
-    defense = load_array_file(config.data, classes, "--data")
+    defense = load_array_file(config.data, classes, "--data", config.data_scale)
     _check_fits(defense, model, config.data)
+    check_accuracy(model, defense, config.data)
     clean = poisoned = None
     if config.eval_data is not None:
-        clean = load_array_file(config.eval_data, classes, "--eval-data")
+        clean = load_array_file(config.eval_data, classes, "--eval-data", config.data_scale)
         _check_fits(clean, model, config.eval_data)
     if config.eval_poisoned is not None:
         # CSAW-HackML convention: a poisoned file's labels are the attack's target labels.
-        raw = load_array_file(config.eval_poisoned, classes, "--eval-poisoned")
+        raw = load_array_file(config.eval_poisoned, classes, "--eval-poisoned",
+                              config.data_scale)
         _check_fits(raw, model, config.eval_poisoned)
         poisoned = poisoned_probe(raw.images, raw.labels)
     sources = {k: v for k, v in (("data", config.data), ("eval_data", config.eval_data),

@@ -96,7 +96,10 @@ def _not_measured(inputs: ApplyInputs) -> list[str]:
     if inputs.test_clean is None:
         missing.append("clean accuracy of B, B' and G, and G's false alarms: no held-out clean "
                        "data (pass --eval-data FILE, or --dataset for an onp.attack bundle)")
-    if inputs.test_poisoned is None:
+    if inputs.test_poisoned is None and "attack" in inputs.sources:
+        missing.append(f"ASR, RA and DER of B and B', and G's detection rate: "
+                       f"{inputs.sources['attack']}")
+    elif inputs.test_poisoned is None:
         missing.append("ASR, RA and DER of B and B', and G's detection rate: no held-out "
                        "poisoned data (pass --eval-poisoned FILE, or --dataset for a bundle "
                        "that records its attack)")
