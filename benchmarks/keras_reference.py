@@ -10,7 +10,8 @@ Runs in a side environment with TensorFlow, not in ONP's (CI never runs it)::
 
 For each model it writes every layout that Keras version saves (``<model>-k<N>-full.h5``,
 ``-weights.h5`` with ``.json``, and for Keras 3 ``.keras``) and ``<model>-k<N>.npz`` holding the
-input images ``x`` (``[B, H, W, C]`` in ``[0, 1]``) and Keras's outputs ``softmax`` for them.
+input images ``x`` (``[B, H, W, C]`` in ``[0, 1]``) and Keras's outputs ``softmax`` for them (for
+``preprocessing``, a model with Rescaling at its input, Keras is fed ``255 * x``).
 The models together use every layer class that ONP's Keras importer supports.
 """
 
@@ -86,6 +87,22 @@ def sequential_model(keras):  # noqa: ANN001, ANN201
     ])
 
 
+def preprocessing_model(keras):  # noqa: ANN001, ANN201
+    """Rescaling and an adapted Normalization at the input: the model is fed raw 0-255 pixels."""
+    layers = keras.layers
+    normalization = layers.Normalization()
+    normalization.adapt(np.random.default_rng(SEED).normal((0.2, -0.1, 0.4), (0.3, 0.5, 0.2),
+                                                           (64, 7, 7, 3)).astype("float32"))
+    return keras.Sequential([
+        keras.Input((7, 7, 3)),
+        layers.Rescaling(1 / 127.5, offset=-1.0),
+        normalization,
+        layers.Conv2D(5, 3, activation="relu"),
+        layers.GlobalAveragePooling2D(),
+        layers.Dense(4, activation="softmax"),
+    ])
+
+
 def randomize_batchnorm(model, rng) -> None:  # noqa: ANN001
     """Give every BatchNormalization non-trivial moving statistics (fresh ones are 0 and 1)."""
     for layer in model.layers:
@@ -105,14 +122,19 @@ def main() -> None:
     keras.utils.set_random_seed(SEED)
     rng = np.random.default_rng(SEED)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, build in (("every_layer", every_layer_model), ("sequential", sequential_model)):
+    for name, build in (("every_layer", every_layer_model), ("sequential", sequential_model),
+                        ("preprocessing", preprocessing_model)):
         model = build(keras)
         randomize_batchnorm(model, rng)
         stem = args.out / f"{name}-k{args.keras}"
         shape = model.input_shape[1:]
         x = rng.uniform(0, 1, (IMAGES, *shape)).astype("float32")
-        np.savez_compressed(f"{stem}.npz", x=x, softmax=model.predict(x, verbose=0),
-                            keras_version=keras.__version__)
+        if name == "preprocessing":  # the model is fed raw pixels; x stays in [0, 1] in the npz
+            np.savez_compressed(f"{stem}.npz", x=x, softmax=model.predict(x * 255, verbose=0),
+                                keras_version=keras.__version__)
+        else:
+            np.savez_compressed(f"{stem}.npz", x=x, softmax=model.predict(x, verbose=0),
+                                keras_version=keras.__version__)
         model.save(f"{stem}-full.h5")
         weights = f"{stem}-weights.h5" if args.keras == 2 else f"{stem}.weights.h5"
         model.save_weights(weights)

@@ -12,7 +12,9 @@ channels-last weights turned into torch's layout:
   rows are reordered from Keras's ``(h, w, c)`` flatten order to torch's ``(c, h, w)``;
 * ``"same"`` padding becomes TensorFlow's explicit (possibly uneven) padding;
 * the activation of the last layer, when it is a softmax, is left out: the network returns the
-  logits, whose softmax is Keras's output.
+  logits, whose softmax is Keras's output;
+* ``Rescaling`` and ``Normalization`` layers at the input become the bundle's input adapter
+  (:class:`KerasPreprocessing`): a ``Rescaling`` there says the model is fed raw 0-255 pixels.
 
 Every layer class in :data:`SUPPORTED_LAYERS` is translated; any other is an error that names the
 layer and its class.
@@ -42,8 +44,12 @@ SUPPORTED_LAYERS = (
     "InputLayer", "Conv2D", "DepthwiseConv2D", "Dense", "MaxPooling2D", "AveragePooling2D",
     "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten", "BatchNormalization",
     "Activation", "ReLU", "LeakyReLU", "ELU", "Softmax", "ZeroPadding2D", "Add", "Multiply",
-    "Concatenate", *IDENTITY_LAYERS,
+    "Concatenate", "Rescaling", "Normalization", *IDENTITY_LAYERS,
 )
+PREPROCESSING_LAYERS = ("Rescaling", "Normalization")
+"""Accepted only at the input, where they become the input adapter."""
+RAW_PIXEL_SCALE = 255.0
+"""The input scale of a model whose first layer rescales: it is fed raw 0-255 pixels."""
 _CLASS_ALIASES = {"Convolution2D": "Conv2D", "MaxPool2D": "MaxPooling2D",
                   "AvgPool2D": "AveragePooling2D", "GlobalAvgPool2D": "GlobalAveragePooling2D",
                   "GlobalMaxPool2D": "GlobalMaxPooling2D"}
@@ -186,6 +192,8 @@ def variable_roles(layer: KerasLayerConfig) -> tuple[str, ...]:
         return (*(("gamma",) if config.get("scale", True) else ()),
                 *(("beta",) if config.get("center", True) else ()), "moving_mean",
                 "moving_variance")
+    if layer.class_name == "Normalization" and layer.config.get("mean") is None:
+        return ("mean", "variance", "count")  # adapted: the statistics are variables
     if layer.class_name in _KERNEL_LAYERS:
         return ("kernel", "bias") if layer.config.get("use_bias", True) else ("kernel",)
     return ()
@@ -279,6 +287,9 @@ class _Translator:
         if missing:
             raise ONPInputError(f"{self.where}: layer {layer.name!r} ({layer.class_name}) lacks "
                                 f"weights {missing}; found {sorted(found)}")
+        for role in ("kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance"):
+            if role in found and found[role].dtype.kind != "f":
+                raise self.error(layer, f"weight {role!r} is not floating point")
         return found
 
     def error(self, layer: KerasLayerConfig, what: str) -> ONPInputError:
@@ -477,6 +488,76 @@ class _Translator:
 
 
 @dataclass(frozen=True)
+class KerasPreprocessing:
+    """Leading ``Rescaling`` / ``Normalization`` layers as ONP's input adapter.
+
+    The layers compute ``a * x + b`` per channel on what the model is fed; ONP's adapter computes
+    ``(x01 * input_scale - mean) / std``, so ``mean = -b / a`` and ``std = 1 / a`` in fed units.
+
+    Attributes:
+        input_scale: 255 when a Rescaling is among them (the model takes raw pixels), else
+            ``None`` (the file does not tell).
+        mean: Per-channel mean in fed units.
+        std: Per-channel std in fed units.
+    """
+
+    input_scale: float | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def _fold_preprocessing(architecture: KerasArchitecture, weights: Mapping[str, Weights],
+                        channels: int, where: str
+                        ) -> tuple[KerasPreprocessing | None, set[str]]:
+    """Fold the chain of Rescaling/Normalization layers right after the input (if any).
+
+    Returns:
+        The preprocessing (``None`` without such layers) and the names of the folded layers.
+    """
+    consumers: dict[str, list[KerasLayerConfig]] = {}
+    for layer in architecture.layers:
+        for source in layer.inbound:
+            consumers.setdefault(source, []).append(layer)
+    scale, shift = np.ones(channels), np.zeros(channels)
+    folded, rescaled = set(), False
+    current = architecture.inputs[0] if len(architecture.inputs) == 1 else None
+    while current is not None and len(consumers.get(current, [])) == 1:
+        layer = consumers[current][0]
+        config = layer.config
+        if layer.class_name == "Rescaling":
+            s = np.broadcast_to(np.asarray(config.get("scale", 1.0), float), channels)
+            o = np.broadcast_to(np.asarray(config.get("offset", 0.0), float), channels)
+            scale, shift, rescaled = scale * s, shift * s + o, True
+        elif layer.class_name == "Normalization":
+            if bool(config.get("invert", False)):
+                raise ONPInputError(f"{where}: layer {layer.name!r} (Normalization): invert=True "
+                                    f"is not supported")
+            stored = weights.get(layer.name, {})
+            mean = config.get("mean") if config.get("mean") is not None else stored.get("mean")
+            variance = (config.get("variance") if config.get("variance") is not None
+                        else stored.get("variance"))
+            if mean is None or variance is None:
+                raise ONPInputError(f"{where}: layer {layer.name!r} (Normalization) has no mean "
+                                    f"and variance")
+            m = np.broadcast_to(np.asarray(mean, float).reshape(-1), channels)
+            root = np.sqrt(np.maximum(np.broadcast_to(
+                np.asarray(variance, float).reshape(-1), channels), 1e-7))  # Keras's epsilon
+            scale, shift = scale / root, (shift - m) / root
+        else:
+            break
+        folded.add(layer.name)
+        current = layer.name
+    if not folded:
+        return None, folded
+    if (scale <= 0).any():
+        raise ONPInputError(f"{where}: the input preprocessing flips a channel's sign (scale "
+                            f"{scale.tolist()}), which ONP's input adapter cannot express")
+    return KerasPreprocessing(RAW_PIXEL_SCALE if rescaled else None,
+                              tuple(float(v) for v in -shift / scale),
+                              tuple(float(v) for v in 1.0 / scale)), folded
+
+
+@dataclass(frozen=True)
 class KerasTranslation:
     """A Keras model as a layer graph.
 
@@ -487,6 +568,7 @@ class KerasTranslation:
         input_shape: ``(C, H, W)``.
         num_classes: Size of the output.
         output_activation: The final activation left out (``"softmax"``), or ``None``.
+        preprocessing: The leading preprocessing layers as an input adapter, or ``None``.
     """
 
     nodes: list[Node]
@@ -495,6 +577,7 @@ class KerasTranslation:
     input_shape: Shape
     num_classes: int
     output_activation: str | None
+    preprocessing: KerasPreprocessing | None = None
 
 
 def translate(architecture: KerasArchitecture, weights: Mapping[str, Weights],
@@ -515,10 +598,13 @@ def translate(architecture: KerasArchitecture, weights: Mapping[str, Weights],
         raise ONPInputError(f"{where}: expected one output, the model has "
                             f"{architecture.outputs}")
     translator = _Translator(architecture, weights, input_shape, where)
+    preprocessing, folded = _fold_preprocessing(architecture, weights, input_shape[0], where)
     for layer in architecture.layers:
-        if layer.class_name == "InputLayer":
+        if layer.class_name == "InputLayer" or layer.name in folded:
             translator.tensor[layer.name] = INPUT
             continue
+        if layer.class_name in PREPROCESSING_LAYERS:
+            raise translator.error(layer, "a preprocessing layer is supported only at the input")
         translator.tensor[layer.name] = translator.translate(layer)
     output = translator.tensor[architecture.outputs[0]]
     nodes = translator.nodes
@@ -537,4 +623,4 @@ def translate(architecture: KerasArchitecture, weights: Mapping[str, Weights],
     if unused:
         raise ONPInputError(f"{where}: output layers {unused} are not in the layer list")
     return KerasTranslation(nodes, output, translator.state, input_shape, shape[0],
-                            final_activation)
+                            final_activation, preprocessing)

@@ -138,10 +138,12 @@ def _attr_list(obj: h5py.Group, name: str) -> list[str] | None:
     return [_text(v) for v in values]
 
 
-def _float_array(dataset: Any, where: str, what: str) -> np.ndarray:
+def _numeric_array(dataset: Any, where: str, what: str) -> np.ndarray:
+    """A stored weight; numeric (a Normalization's ``count`` is an integer; the translation
+    checks that the weights it uses are floating point)."""
     array = np.asarray(dataset[()])
-    if array.dtype.kind != "f":
-        raise ONPInputError(f"{where}: {what} is not floating point")
+    if array.dtype.kind not in "iuf":
+        raise ONPInputError(f"{where}: {what} is not numeric")
     return array
 
 
@@ -158,7 +160,7 @@ def _layer_weights(group: h5py.Group, layer: str, where: str) -> dict[str, np.nd
         role = name.rsplit("/", 1)[-1].split(":")[0]
         if role in weights:
             raise ONPInputError(f"{where}: layer {layer!r}: weight {name!r} is repeated")
-        weights[role] = _float_array(group[name], where, f"layer {layer!r} weight {name!r}")
+        weights[role] = _numeric_array(group[name], where, f"layer {layer!r} weight {name!r}")
     return weights
 
 
@@ -173,7 +175,7 @@ def _vars_weights(handle: h5py.File, where: str) -> tuple[dict[str, dict[str, np
             continue
         order.append(group_name)
         weights[group_name] = {
-            key: _float_array(variables[key], where, f"layers/{group_name}/vars/{key}")
+            key: _numeric_array(variables[key], where, f"layers/{group_name}/vars/{key}")
             for key in sorted(variables, key=lambda k: int(k) if k.isdigit() else -1)
             if isinstance(variables[key], h5py.Dataset)
         }
@@ -366,10 +368,18 @@ def _import_deepid(path: Path, keras: KerasFile, options: ImportOptions) -> Clas
     layers = keras.legacy_layers()
     if not layers:
         raise _not_deepid(where, layers, "the file holds no weights")
+    for layer in layers:
+        for role, array in layer.weights.items():
+            if array.dtype.kind != "f":
+                raise ONPInputError(f"{where}: layer {layer.name!r} weight {role!r} is not "
+                                    f"floating point")
     input_shape = options.input_shape
     if input_shape is None:
         input_shape = DEEPID_INPUT_SHAPE
         logger.info("%s: no architecture; assuming DeepID's input shape %s", where, input_shape)
+    if options.input_scale is None:
+        logger.info("%s: assuming the Keras model saw x/255 (input_scale=1); pass "
+                    "--input-scale 255 for a model fed raw pixels", where)
     mapping = map_deepid_layers(layers, input_shape, where)
     found = ImportOptions(
         architecture="deepid",
@@ -428,13 +438,26 @@ def _import_graph(path: Path, keras: KerasFile, model_config: dict[str, Any],
     weights = _weights_by_layer(keras, architecture, where)
     channels, height, width = input_shape_of(architecture, where)
     translation = translate(architecture, weights, (channels, height, width), where)
-    found = ImportOptions(architecture=LAYER_GRAPH, num_classes=translation.num_classes,
-                          input_shape=(channels, height, width))
+    preprocessing = translation.preprocessing
+    found = ImportOptions(
+        architecture=LAYER_GRAPH, num_classes=translation.num_classes,
+        input_shape=(channels, height, width),
+        input_scale=preprocessing.input_scale if preprocessing else None,
+        mean=preprocessing.mean if preprocessing else None,
+        std=preprocessing.std if preprocessing else None,
+    )
+    if options.input_scale is None and found.input_scale is None:
+        logger.info("%s: assuming the Keras model saw x/255 (input_scale=1); pass "
+                    "--input-scale 255 for a model fed raw pixels", where)
+    if preprocessing is not None:
+        logger.info("%s: input preprocessing from the file: scale %s, mean %s, std %s", where,
+                    preprocessing.input_scale, preprocessing.mean, preprocessing.std)
     merged = replace(options.merged_with(found, where),
                      arch_options={"nodes": translation.nodes, "output": translation.output})
     provenance = source_provenance(
         path, keras.layout, **keras.details, output_activation=translation.output_activation,
         input_scale_given=options.input_scale is not None,
+        preprocessing_from_file=preprocessing is not None,
         keras_config=options.keras_config,
     )
     spec = resolve_spec(merged, translation.state, where, provenance)
@@ -471,9 +494,6 @@ def import_keras(path: str | Path, options: ImportOptions | None = None) -> Clas
                                 f"--keras-config {options.keras_config}")
         config_path = require_file(options.keras_config)
         model_config = _config_json(config_path.read_text(), str(config_path))
-    if options.input_scale is None:
-        logger.info("%s: assuming the Keras model saw x/255 (input_scale=1); pass "
-                    "--input-scale 255 for a model fed raw pixels", where)
     if model_config is not None:
         return _import_graph(path, keras, model_config, options)
     if keras.layout == "keras-h5-weights":

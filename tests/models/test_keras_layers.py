@@ -21,7 +21,7 @@ from onp.models.keras_graph import SUPPORTED_LAYERS
 from onp.models.loading import load_model
 
 DATA = Path(__file__).parent.parent / "data" / "keras"
-MODELS = ("every_layer", "sequential")
+MODELS = ("every_layer", "sequential", "preprocessing")
 # (file suffix, needs the JSON beside it) per Keras version
 LAYOUTS = {2: (("-full.h5", False), ("-weights.h5", True)),
            3: (("-full.h5", False), (".weights.h5", True), (".keras", False))}
@@ -50,6 +50,21 @@ def test_outputs_equal_keras(model, version, suffix, needs_json):
     np.testing.assert_allclose(softmax, keras_softmax, atol=1e-4, rtol=0)
     assert (softmax.argmax(1) == keras_softmax.argmax(1)).all()
     assert keras_softmax.max(1).min() < 0.99, "saturated softmax: the comparison would be weak"
+
+
+def test_rescaling_at_the_input_says_the_model_takes_raw_pixels(tmp_path):
+    for version in (2, 3):
+        classifier = _load("preprocessing", version, "-full.h5", False)
+        spec = classifier.spec
+        assert spec.input_scale == 255.0 and spec.provenance["preprocessing_from_file"]
+        # Rescaling(1/127.5, offset -1) then Normalization: no layer of the net is left for them
+        assert [node["op"] for node in spec.arch_options["nodes"]][:1] == ["conv2d"]
+        with pytest.raises(ONPInputError, match="input_scale=1.0 was passed but the file says 255"):
+            _load_with("preprocessing", version, input_scale=1.0)
+
+
+def _load_with(model: str, version: int, **options):
+    return load_model(DATA / f"{model}-k{version}-full.h5", **options)
 
 
 def test_the_reference_models_use_every_supported_layer_class():
@@ -139,5 +154,5 @@ def test_weights_that_are_not_floats_are_refused(tmp_path):
         bias = next(name for name in weights[f"{dense}/{dense}"] if name.startswith("bias"))
         del weights[f"{dense}/{dense}/{bias}"]
         weights[f"{dense}/{dense}/{bias}"] = np.zeros(16, np.int64)
-    with pytest.raises(ONPInputError, match=r"int\.h5: layer 'dense\w*' weight .*bias.* is not fl"):
+    with pytest.raises(ONPInputError, match=r"int\.h5: layer 'dense\w*' \(Dense\): weight 'bias' is not fl"):
         load_model(path)
