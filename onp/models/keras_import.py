@@ -139,8 +139,10 @@ def _attr_list(obj: h5py.Group, name: str) -> list[str] | None:
 
 
 def _numeric_array(dataset: Any, where: str, what: str) -> np.ndarray:
-    """A stored weight; numeric (a Normalization's ``count`` is an integer; the translation
-    checks that the weights it uses are floating point)."""
+    """A stored weight, numeric (a Normalization's ``count`` is an integer).
+
+    The translation checks that the weights it uses are floating point.
+    """
     array = np.asarray(dataset[()])
     if array.dtype.kind not in "iuf":
         raise ONPInputError(f"{where}: {what} is not numeric")

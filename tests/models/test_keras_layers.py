@@ -154,5 +154,6 @@ def test_weights_that_are_not_floats_are_refused(tmp_path):
         bias = next(name for name in weights[f"{dense}/{dense}"] if name.startswith("bias"))
         del weights[f"{dense}/{dense}/{bias}"]
         weights[f"{dense}/{dense}/{bias}"] = np.zeros(16, np.int64)
-    with pytest.raises(ONPInputError, match=r"int\.h5: layer 'dense\w*' \(Dense\): weight 'bias' is not fl"):
+    with pytest.raises(ONPInputError,
+                       match=r"int\.h5: layer 'dense\w*' \(Dense\): weight 'bias' is not fl"):
         load_model(path)
