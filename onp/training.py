@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -38,11 +36,6 @@ class TrainSettings:
             cross-entropy. The batch's loss is the mean of its images' losses
             (:func:`batch_loss`).
         distill_temperature: ``T``.
-        clean_bn_statistics: BatchNorm statistics come from the augmentable (clean) images
-            alone: the others (stamped or poisoned copies) are normalised with the running
-            statistics and do not update them, as they will be at test time. Mixing stamped
-            copies into the batch statistics shifts them away from the clean images that the
-            trained net is read on (the main BatchNorm of AdvProp, Xie et al. 2020).
         stamped_distill_weight: Weight ``b`` of distillation on the other (stamped) images:
             each one's loss is ``(1 - b) * CE + b * T^2 *
             KL(teacher(original) || model(stamped))``, the teacher reading each one's clean
@@ -61,7 +54,6 @@ class TrainSettings:
     schedule: str = "one-cycle"
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
-    clean_bn_statistics: bool = False
     stamped_distill_weight: float = 0.0
 
     def __post_init__(self) -> None:
@@ -87,47 +79,6 @@ def distillation_loss(
     log_p = F.log_softmax(logits / temperature, dim=1)
     log_q = F.log_softmax(teacher_logits / temperature, dim=1)
     return F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(1) * temperature**2
-
-
-@contextmanager
-def running_batchnorm(model: nn.Module) -> Iterator[None]:
-    """Within the block, ``model``'s training BatchNorm layers use and keep their running stats.
-
-    They are put in eval mode and restored after; everything else keeps its mode.
-    """
-    switched = [m for m in model.modules()
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
-    for module in switched:
-        module.eval()
-    try:
-        yield
-    finally:
-        for module in switched:
-            module.train()
-
-
-def _forward(model: nn.Module, x: torch.Tensor, clean: torch.Tensor,
-             clean_statistics: bool) -> torch.Tensor:
-    """``model(x)``, with BatchNorm batch statistics from the ``clean`` rows only if asked.
-
-    With ``clean_statistics`` only the ``clean`` rows reach the BatchNorm batch statistics; the
-    others are normalised with the running ones.
-
-    Shapes:
-        x: ``[B, C, H, W]``; clean: ``[B]`` bool; returns ``[B, K]``.
-    """
-    if not clean_statistics or bool(clean.all()):
-        return model(x)
-    if not bool(clean.any()):
-        with running_batchnorm(model):
-            return model(x)
-    clean_logits = model(x[clean])
-    with running_batchnorm(model):
-        other_logits = model(x[~clean])
-    logits = clean_logits.new_empty((len(x), clean_logits.shape[1]))
-    logits[clean] = clean_logits
-    logits[~clean] = other_logits
-    return logits
 
 
 def batch_loss(
@@ -193,7 +144,6 @@ def train_classifier(
     description: str = "train",
     teacher: nn.Module | None = None,
     teacher_images: torch.Tensor | None = None,
-    on_step: Callable[[], None] | None = None,
 ) -> list[float]:
     """Train ``model`` in place with cross-entropy.
 
@@ -211,7 +161,6 @@ def train_classifier(
         teacher_images: What the teacher reads for each non-augmentable (stamped) image when
             ``settings.stamped_distill_weight`` > 0: its clean original (rows of augmentable
             images are not read).
-        on_step: Called after every optimizer step (e.g. to update a weight average).
 
     Returns:
         The mean training loss of each epoch.
@@ -257,7 +206,7 @@ def train_classifier(
             if settings.augment:
                 x = torch.where(allowed.view(-1, 1, 1, 1), _shift_and_flip(x, generator), x)
             x, y, clean = x.to(device), y.to(device), allowed.to(device)
-            logits = _forward(model, x, clean, settings.clean_bn_statistics)
+            logits = model(x)
             clean_soft = stamped_soft = None
             with torch.no_grad():
                 if settings.distill_weight > 0 and bool(allowed.any()):
@@ -271,8 +220,6 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            if on_step is not None:
-                on_step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
             bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)

@@ -1,4 +1,3 @@
-import math
 
 import pytest
 import torch
@@ -9,7 +8,6 @@ from onp.training import (
     TrainSettings,
     batch_loss,
     distillation_loss,
-    running_batchnorm,
     train_classifier,
 )
 
@@ -74,52 +72,6 @@ def test_distillation_pulls_the_student_towards_the_teacher() -> None:
         train_classifier(net(), images, labels, TrainSettings(distill_weight=0.5))
 
 
-def test_clean_bn_statistics_keep_stamped_images_out_of_the_running_statistics() -> None:
-    """Only the clean (augmentable) images move the running statistics; the stamped ones,
-    here far brighter, are normalised with them and still get gradients."""
-    torch.manual_seed(0)
-    clean = torch.rand(32, 1, 6, 6) * 0.1
-    stamped = torch.rand(16, 1, 6, 6) + 5.0
-    images, labels = torch.cat([clean, stamped]), torch.randint(0, 3, (48,))
-    is_clean = torch.arange(48) < 32
-
-    def net() -> torch.nn.Module:
-        torch.manual_seed(1)
-        return torch.nn.Sequential(torch.nn.BatchNorm2d(1, momentum=None), torch.nn.Flatten(),
-                                   torch.nn.Linear(36, 3))
-
-    runs = {}
-    for flag in (True, False):
-        model = net()
-        settings = TrainSettings(epochs=1, batch_size=48, lr=0.05, schedule="constant",
-                                 clean_bn_statistics=flag)
-        train_classifier(model, images, labels, settings, augment_mask=is_clean)
-        runs[flag] = model
-    # momentum=None: the running mean is the plain average of the batches it saw
-    torch.testing.assert_close(runs[True][0].running_mean, clean.mean().view(1))
-    torch.testing.assert_close(runs[False][0].running_mean, images.mean().view(1))
-    untouched = net()
-    assert not torch.allclose(runs[True][2].weight, untouched[2].weight)
-    probe = net().train()
-    with running_batchnorm(probe):
-        assert not probe[0].training and probe[2].training
-    assert probe[0].training
-
-
-def test_clean_bn_statistics_handle_batches_without_clean_images() -> None:
-    torch.manual_seed(0)
-    images, labels = torch.rand(8, 1, 6, 6), torch.randint(0, 3, (8,))
-    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.Flatten(),
-                                torch.nn.Linear(36, 3))
-    before = model[0].running_mean.clone()
-    settings = TrainSettings(epochs=1, batch_size=4, lr=0.05, schedule="constant",
-                             clean_bn_statistics=True)
-    losses = train_classifier(model, images, labels, settings,
-                              augment_mask=torch.zeros(8, dtype=torch.bool))
-    assert math.isfinite(losses[0])
-    torch.testing.assert_close(model[0].running_mean, before)
-
-
 def test_stamped_distillation_replaces_the_stamped_rows_labels_with_the_teacher() -> None:
     """With weight 1 a stamped row's label is never read: it learns the teacher's output on its
     clean original. With weight 0 the labels drive training as usual."""
@@ -157,14 +109,6 @@ def test_stamped_distillation_replaces_the_stamped_rows_labels_with_the_teacher(
         train_classifier(_model(), inputs, torch.cat([labels, first]),
                          TrainSettings(stamped_distill_weight=0.5), augment_mask=clean,
                          teacher=teacher)
-
-
-def test_on_step_is_called_after_every_optimizer_step() -> None:
-    images, labels = _toy_data(100)
-    calls: list[int] = []
-    train_classifier(_model(), images, labels, TrainSettings(epochs=2, batch_size=32),
-                     on_step=lambda: calls.append(1))
-    assert len(calls) == 2 * 4  # ceil(100 / 32) steps per epoch
 
 
 def test_batch_loss_mixes_each_weight_into_its_own_rows_only() -> None:

@@ -132,22 +132,12 @@ class ApplyConfig:
         "share of fitting images also trained on with a suspected trigger, true label (0: off)"))
     distill_weight: float = field(default=DEFAULT_DISTILL_WEIGHT, metadata=_help(
         "weight of distillation from B on clean fitting images (0: off)"))
-    recalibrate_bn: bool = field(default=False, metadata=_help(
-        "re-estimate BatchNorm statistics on the clean fitting images after each round"))
-    clean_bn_statistics: bool = field(default=False, metadata=_help(
-        "train with BatchNorm statistics of clean images only (stamped copies use the running"
-        " ones)"))
     stamped_distill_weight: float = field(default=DEFAULT_STAMPED_DISTILL_WEIGHT, metadata=_help(
         "stamped copies learn B's outputs on their clean originals with this weight, their"
         " true labels with the rest (0: hard labels)"))
-    weight_average: float = field(default=0.0, metadata=_help(
-        "decay of a moving average of the weights from round 1 on, which scores and gives the"
-        " kept round (0: off)"))
     refit: bool = field(default=True, metadata=_help(
         "after the round is chosen, retrain up to it on fitting + held-in images (held-in"
         " scores then no longer measure B')"))
-    refit_anneal: bool = field(default=False, metadata=_help(
-        "the refit's cosine learning rate decays over the kept rounds alone (ends near 0)"))
     perturbation_eps: float = field(default=PERTURBATION_EPS, metadata=_help(
         "bound of the suspected universal perturbation (0: patch trigger only)"))
     warp_shift: float = field(default=WARP_MAX_SHIFT, metadata=_help(
@@ -213,8 +203,5 @@ class ApplyConfig:
             protect_rounds=self.protect_rounds, lr=self.lr, lr_schedule=self.lr_schedule,
             optimizer=self.optimizer, batch_size=self.batch_size, augment=self.augment,
             asr_weight=self.asr_weight, unlearn_fraction=self.unlearn_fraction,
-            distill_weight=self.distill_weight, recalibrate_bn=self.recalibrate_bn,
-            clean_bn_statistics=self.clean_bn_statistics,
-            stamped_distill_weight=self.stamped_distill_weight,
-            weight_average=self.weight_average, refit=self.refit,
-            refit_anneal=self.refit_anneal)
+            distill_weight=self.distill_weight,
+            stamped_distill_weight=self.stamped_distill_weight, refit=self.refit)

@@ -39,14 +39,11 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from onp.data.splits import subsample
@@ -155,28 +152,13 @@ class SparseConfig:
             fitting images (the stamped copies have their own targets, see
             ``stamped_distill_weight``), which keeps B's clean behaviour; ``0`` turns it off.
         distill_temperature: Its temperature.
-        recalibrate_bn: After each round's training, re-estimate the BatchNorm statistics of
-            the live channels on the clean fitting images alone (``update_bn`` of
-            :mod:`torch.optim.swa_utils`): training mixes the stamped copies into them, and
-            B' is read on clean images.
-        clean_bn_statistics: Train with BatchNorm statistics from the clean fitting images
-            alone: the stamped copies are normalised with the running statistics and leave
-            them unchanged (``TrainSettings.clean_bn_statistics``), as B' will normalise them.
         stamped_distill_weight: Weight of distillation on the stamped copies: they learn the
             input model's outputs on their clean originals, mixed with their true labels
             (``TrainSettings.stamped_distill_weight``); ``0`` keeps the hard labels.
-        weight_average: Decay of an exponential moving average of the weights and BatchNorm
-            statistics over the training steps from round 1 on (``AveragedModel`` of
-            :mod:`torch.optim.swa_utils`), started from round 0's result; the rounds are scored,
-            their stamp refreshed and the kept checkpoint taken with the average, while
-            training goes on from the raw weights. ``0`` turns it off.
         refit: Once the kept round is chosen, train rounds ``0 .. kept`` again from the input
             model on the fitting and held-in images together, with the first pass's masks,
             learning rates and stamps (:func:`refit_rounds`); the rounds' held-in scores are the
-            first pass's. Not with ``weight_average``.
-        refit_anneal: With ``refit`` and the cosine schedule, the refit's learning rates decay
-            over the rounds it trains (``0 .. kept``) instead of over all ``rounds``, so that
-            they end near 0 at the kept round rather than where the first pass stopped.
+            first pass's.
     """
 
     sparsity: float = DEFAULT_SPARSITY
@@ -197,12 +179,8 @@ class SparseConfig:
     unlearn_fraction: float = DEFAULT_UNLEARN_FRACTION
     distill_weight: float = DEFAULT_DISTILL_WEIGHT
     distill_temperature: float = 2.0
-    recalibrate_bn: bool = False
-    clean_bn_statistics: bool = False
     stamped_distill_weight: float = DEFAULT_STAMPED_DISTILL_WEIGHT
-    weight_average: float = 0.0
     refit: bool = False
-    refit_anneal: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -218,9 +196,6 @@ class SparseConfig:
         if not 0.0 <= self.stamped_distill_weight <= 1.0:
             problems.append(f"stamped_distill_weight must lie in [0, 1], found "
                             f"{self.stamped_distill_weight}")
-        if not 0.0 <= self.weight_average < 1.0:
-            problems.append(f"weight_average must lie in [0, 1), found {self.weight_average}")
-        problems += self._refit_problems()
         if self.lr <= 0:
             problems.append(f"lr must be positive, found {self.lr}")
         if self.importance not in IMPORTANCE_KINDS:
@@ -236,14 +211,6 @@ class SparseConfig:
             problems.append("protect_rounds must be -1 (always) or at least 1")
         if problems:
             raise ONPInputError("sparse fine-tuning config: " + "; ".join(problems))
-
-    def _refit_problems(self) -> list[str]:
-        problems = []
-        if self.refit and self.weight_average > 0:
-            problems.append("refit does not go with weight_average (it retrains raw weights)")
-        if self.refit_anneal and not (self.refit and self.lr_schedule == "cosine"):
-            problems.append("refit_anneal needs refit and the cosine lr_schedule")
-        return problems
 
     def round_lr(self, index: int) -> float:
         """Learning rate of round ``index`` (``0 .. rounds - 1``)."""
@@ -415,25 +382,10 @@ def _restore_pruned_statistics(
                 bn.running_var[~keep] = saved[name]["var"][~keep].to(bn.running_var.device)
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int) -> None:
-    """Re-estimate ``model``'s BatchNorm running statistics as plain averages over ``images``.
-
-    Leaves ``model`` in eval mode. Pruned channels' statistics are reset too: put them back with
-    :func:`_restore_pruned_statistics`.
-
-    Shapes:
-        images: ``[N, C, H, W]``.
-    """
-    device = next(model.parameters()).device
-    torch.optim.swa_utils.update_bn(images.split(batch_size), model, device=device)
-    model.eval()
-
-
 def train_round(
     work: nn.Module, groups: ChannelGroups, mask: ChannelMask, data: ImageSet,
     stamp: Stamp | None, config: SparseConfig, index: int, seed: int,
-    teacher: nn.Module | None, on_step: Callable[[], None] | None = None,
+    teacher: nn.Module | None,
 ) -> float:
     """Train ``work`` one epoch under ``mask`` as round ``index`` does; return the mean loss.
 
@@ -447,16 +399,12 @@ def train_round(
         momentum=config.momentum, weight_decay=config.weight_decay, augment=config.augment,
         schedule="constant", distill_weight=config.distill_weight,
         distill_temperature=config.distill_temperature,
-        clean_bn_statistics=config.clean_bn_statistics,
         stamped_distill_weight=config.stamped_distill_weight)
     images, labels, augmentable, originals = round_training_set(
         data, stamp, config.unlearn_fraction, seed + index)
     loss = train_classifier(
         work, images, labels, settings, seed=seed + index, augment_mask=augmentable,
-        teacher=teacher, teacher_images=originals, description=f"round {index + 1}",
-        on_step=on_step)[0]
-    if config.recalibrate_bn:
-        recalibrate_batchnorm(work, data.images, config.batch_size)
+        teacher=teacher, teacher_images=originals, description=f"round {index + 1}")[0]
     _restore_pruned_statistics(work, groups, mask, statistics)
     return loss
 
@@ -469,11 +417,9 @@ def refit_rounds(
     """Train a copy of ``model`` through the given rounds again, on ``data``.
 
     Round ``i`` uses ``masks[i]``, ``stamps[i]`` and its learning rate, as in the first pass
-    (:func:`prune_and_regrow` with ``config.refit``), or with ``config.refit_anneal`` a cosine
-    decay over the given rounds alone. Returns the copy, hooks removed and the mask not baked.
+    (:func:`prune_and_regrow` with ``config.refit``). Returns the copy, hooks removed and the
+    mask not baked.
     """
-    if config.refit_anneal:
-        config = replace(config, rounds=len(masks))  # the cosine ends at the last given round
     work = copy.deepcopy(model).eval()
     handle = apply_mask(work, groups, masks[0])
     try:
@@ -536,7 +482,6 @@ def prune_and_regrow(
     masks: list[ChannelMask] = []
     stamps: list[Stamp | None] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    average: AveragedModel | None = None
     previous = seed_mask
     bar = tqdm(range(config.rounds), desc="prune-regrow", unit="round")
     try:
@@ -547,21 +492,8 @@ def prune_and_regrow(
             protected = ~seed_mask if config.protects(index) else None
             mask = select_mask(scores, groups, chosen, config.sparsity, protected)
             handle.update(mask)
-            if config.weight_average > 0 and index == 1:
-                average = AveragedModel(work, use_buffers=True, multi_avg_fn=(
-                    get_ema_multi_avg_fn(config.weight_average)))
-            # train_round keeps pruned channels' statistics; the average needs them once more
-            statistics = None if average is None else _bn_buffers(work)
             stamps.append(copy.copy(stamp))  # as it stamps this round (refresh replaces parts)
-            loss = train_round(
-                work, groups, mask, fit, stamps[-1], config, index, seed, teacher,
-                None if average is None else partial(average.update_parameters, work))
-            raw = None
-            if average is not None:  # score (and keep) the average; train on from the raw
-                raw = {k: v.detach().clone() for k, v in work.state_dict().items()}
-                work.load_state_dict(average.module.state_dict())
-                assert statistics is not None  # taken whenever there is an average
-                _restore_pruned_statistics(work, groups, mask, statistics)
+            loss = train_round(work, groups, mask, fit, stamps[-1], config, index, seed, teacher)
             scored_with = probe
             if stamp is not None and config.unlearn_fraction > 0:
                 stamp.refresh(work)  # under the round's mask: follow the net just trained
@@ -579,8 +511,6 @@ def prune_and_regrow(
             if best is None or utility > best[0]:
                 best = (utility, index, {k: v.detach().clone() for k, v in
                                          work.state_dict().items()})
-            if raw is not None:
-                work.load_state_dict(raw)
             bar.set_postfix(CA=f"{ca:.3f}", proxy_ASR=f"{asr:.3f}", refresh=False)
             log.info("repair/round %d: %d pruned (%d regrown), held-in CA %.4f, proxy ASR %.4f",
                      index, records[-1].pruned, records[-1].regrown, ca, asr)

@@ -157,25 +157,6 @@ def test_pruned_batchnorm_statistics_are_frozen_in_a_resnet() -> None:
     assert not torch.allclose(bn.running_var[keep], fresh.running_var[keep])
 
 
-def test_recalibration_sets_batchnorm_statistics_to_the_clean_fitting_images() -> None:
-    config = SparseConfig(sparsity=0.5, rounds=1, batch_size=32, coupled=False,
-                          recalibrate_bn=True)
-    model, groups, result = _run("resnet", {"width": 4, "depth": 8}, config)
-    repaired = dict(result.model.named_modules())
-    seen = []
-    hook = repaired["net.conv1"].register_forward_hook(lambda _m, _i, out: seen.append(out))
-    with torch.no_grad():
-        result.model(_toy(96, 1).images)  # the fitting images of _run
-    hook.remove()
-    stem = repaired["net.bn1"]  # a coupled group's BatchNorm: never pruned here
-    torch.testing.assert_close(stem.running_mean, seen[0].mean(dim=(0, 2, 3)))
-    inner = repaired["net.layer1.0.bn1"]  # pruned channels keep B's statistics
-    group = next(g for g in groups.groups if "net.layer1.0.bn1" in g.mask_points)
-    keep = groups.split(result.mask)[group.index]
-    fresh = dict(model.named_modules())["net.layer1.0.bn1"]
-    torch.testing.assert_close(inner.running_var[~keep], fresh.running_var[~keep])
-
-
 def test_compact_copy_is_smaller_and_computes_the_same(tmp_path) -> None:
     model, groups = _model("resnet", {"width": 4, "depth": 8})
     model.eval()
@@ -203,24 +184,7 @@ def test_bad_settings_are_clear_errors() -> None:
         SparseConfig(importance="taylor")
 
 
-def test_weight_average_scores_and_keeps_the_averaged_weights() -> None:
-    """A decay of (almost) 1 freezes the average at round 0's result: every later round then
-    scores and keeps those weights, while the raw weights go on training."""
-    common = dict(sparsity=0.25, rounds=3, batch_size=32, group_kinds=("conv",),
-                  lr_schedule="constant", lr=0.05)
-    _, _, plain = _run("plain_cnn", {"width": 4}, SparseConfig(**common))
-    _, _, frozen = _run("plain_cnn", {"width": 4},
-                        SparseConfig(**common, weight_average=1.0 - 1e-9))
-    first = frozen.rounds[0]
-    assert (first.clean_accuracy, first.proxy_asr) == (plain.rounds[0].clean_accuracy,
-                                                       plain.rounds[0].proxy_asr)
-    assert all(torch.equal(mask, frozen.masks[0]) for mask in frozen.masks)
-    for record in frozen.rounds[1:]:  # the average is round 0's net, under the same mask
-        assert record.clean_accuracy == pytest.approx(first.clean_accuracy, abs=1e-9)
-        assert record.proxy_asr == pytest.approx(first.proxy_asr, abs=1e-9)
-    assert [r.loss for r in frozen.rounds] == [r.loss for r in plain.rounds]  # raw training
-    with pytest.raises(ONPInputError, match="weight_average"):
-        SparseConfig(weight_average=1.0)
+def test_stamped_distill_weight_is_checked() -> None:
     with pytest.raises(ONPInputError, match="stamped_distill_weight"):
         SparseConfig(stamped_distill_weight=1.5)
 
@@ -247,31 +211,3 @@ def test_refit_retraces_the_kept_rounds_on_more_images() -> None:
         torch.testing.assert_close(again.state_dict()[key], value)
     assert any(not torch.equal(value, refit.model.state_dict()[key])
                for key, value in plain.model.state_dict().items() if value.is_floating_point())
-    with pytest.raises(ONPInputError, match="refit"):
-        SparseConfig(refit=True, weight_average=0.9)
-
-
-def test_refit_anneal_ends_the_cosine_at_the_kept_round() -> None:
-    """With ``refit_anneal`` the refit of 2 kept rounds out of 4 trains like a 2-round cosine
-    schedule, and not like the first pass's 4-round one."""
-    common = dict(sparsity=0.25, batch_size=32, group_kinds=("conv",), lr=0.05,
-                  distill_weight=0.0, stamped_distill_weight=0.0)
-    model, groups = _model("plain_cnn", {"width": 4})
-    masks = [full_mask(groups)] * 2
-    data = _toy(96, 1)
-
-    def retrace(config: SparseConfig) -> dict[str, torch.Tensor]:
-        return refit_rounds(model, groups, data, masks, [None, None], config, 0,
-                            None).state_dict()
-
-    annealed = retrace(SparseConfig(**common, rounds=4, refit=True, refit_anneal=True))
-    two_rounds = retrace(SparseConfig(**common, rounds=2))
-    first_pass = retrace(SparseConfig(**common, rounds=4, refit=True))
-    for key, value in two_rounds.items():
-        torch.testing.assert_close(annealed[key], value)
-    assert any(not torch.equal(value, first_pass[key])
-               for key, value in annealed.items() if value.is_floating_point())
-    with pytest.raises(ONPInputError, match="refit_anneal"):
-        SparseConfig(refit_anneal=True)
-    with pytest.raises(ONPInputError, match="refit_anneal"):
-        SparseConfig(refit=True, refit_anneal=True, lr_schedule="constant")

@@ -242,22 +242,20 @@ def test_a_fresh_probe_fits_a_new_perturbation_and_leaves_the_stamp_alone() -> N
         predict(model, stamp.probe().images))
 
 
-@pytest.mark.parametrize("flag", [False, True])
-def test_the_rounds_pass_clean_bn_statistics_to_training(monkeypatch, flag: bool) -> None:
+def test_the_rounds_train_on_the_stamped_copies_as_non_clean_rows(monkeypatch) -> None:
     import onp.repair.sparse as sparse
 
-    seen: list[tuple[bool, int]] = []
+    seen: list[int] = []
 
     def recording(model, images, labels, settings, augment_mask=None, **kwargs):
-        seen.append((settings.clean_bn_statistics, int((~augment_mask).sum())))
+        seen.append(int((~augment_mask).sum()))
         return train_classifier(model, images, labels, settings, augment_mask=augment_mask,
                                 **kwargs)
 
     monkeypatch.setattr(sparse, "train_classifier", recording)
     model, groups = _model()
     fit, held = _toy(64, 1), _toy(32, 2)
-    config = SparseConfig(sparsity=0.25, rounds=2, batch_size=32, unlearn_fraction=0.5,
-                          clean_bn_statistics=flag)
+    config = SparseConfig(sparsity=0.25, rounds=2, batch_size=32, unlearn_fraction=0.5)
     prune_and_regrow(model, groups, fit, held, _probe(held), full_mask(groups), config,
                      stamp=_CountingStamp())
-    assert seen == [(flag, 32), (flag, 32)]  # the 32 stamped copies are the non-clean rows
+    assert seen == [32, 32]  # the 32 stamped copies are the non-clean rows
