@@ -42,7 +42,7 @@ from onp.models.importers import (
     resolve_spec,
     source_provenance,
 )
-from onp.models.zoo import available_architectures, build_architecture, canonical_name
+from onp.models.zoo import available_architectures, canonical_name
 
 logger = logging.getLogger(__name__)
 
@@ -238,16 +238,6 @@ def _preact_final_bn(state: StateDict, options: dict[str, Any], where: str) -> d
     preact_layout = {"conv1.weight", "layer4.1.bn2.weight", "linear.weight"} <= state.keys()
     if not preact_layout or "bn.weight" in state or "final_bn" in options:
         return options  # not BackdoorBench's layout: fit_state reports any key mismatch
-    try:
-        with torch.device("meta"):
-            build_architecture("preact_resnet18", 1, (3, 8, 8), width=1, final_bn=False)
-    except ONPInputError:  # the zoo builder has no final_bn option
-        raise ONPInputError(
-            f"{where}: these PreActResNet18 weights have no final BatchNorm 'bn' (BackdoorBench's "
-            f"layout: conv1 -> layer1..4 -> avgpool -> linear), but the zoo's preact_resnet18 "
-            f"always applies relu(bn(x)) before pooling, so the model cannot be reproduced; "
-            f"the zoo needs a preact_resnet18 option final_bn=False"
-        ) from None
     logger.info(
         "%s: no final 'bn' in the weights; using preact_resnet18 with final_bn=False", where
     )

@@ -268,7 +268,8 @@ class PreActResNet18(nn.Module):
         input: ``[B, C, H, W]``; output: ``[B, num_classes]`` logits.
     """
 
-    def __init__(self, num_classes: int, in_channels: int, width: int = 64) -> None:
+    def __init__(self, num_classes: int, in_channels: int, width: int = 64,
+                 final_bn: bool = True) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         planes = width
@@ -283,7 +284,8 @@ class PreActResNet18(nn.Module):
             )
             planes = out_planes
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.bn = nn.BatchNorm2d(planes)
+        # BackdoorBench's PreActResNet18 pools layer4's output directly (final_bn=False).
+        self.bn = nn.BatchNorm2d(planes) if final_bn else None
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(planes, num_classes)
 
@@ -295,15 +297,16 @@ class PreActResNet18(nn.Module):
         """
         out = self.conv1(x)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = F.relu(self.bn(out))
+        if self.bn is not None:
+            out = F.relu(self.bn(out))
         return self.linear(torch.flatten(self.avgpool(out), 1))
 
 
 @register_architecture("preact_resnet18")
 def _preact_resnet18(
-    num_classes: int, input_shape: tuple[int, int, int], width: int = 64
+    num_classes: int, input_shape: tuple[int, int, int], width: int = 64, final_bn: bool = True
 ) -> nn.Module:
-    return PreActResNet18(num_classes, input_shape[0], width=width)
+    return PreActResNet18(num_classes, input_shape[0], width=width, final_bn=final_bn)
 
 
 # --------------------------------------------------------------------------- VGG with BatchNorm

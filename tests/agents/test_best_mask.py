@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from agents.ppo import CANDIDATES, PPOConfig, best_mask, learn
+from agents.ppo import CANDIDATES, PPOConfig, best_mask, learn, rollout
 from envs.pruning_env import ChannelPruningEnv
 from onp.data.types import ImageSet
 from onp.eval.metrics import accuracy_of, predict
@@ -69,12 +69,15 @@ def test_best_mask_takes_the_highest_utility_on_the_check_sets() -> None:
     # The step batches rank the worse mask first: the check must overturn that.
     result.episodes.candidates["tiny"] = [{"mask": worse, "utility": 1.0},
                                           {"mask": better, "utility": 0.0}]
-    choice = best_mask(result, 0)
+    greedy = rollout(result.agent, env, 0)
+    choice = best_mask(result, 0, greedy)
     assert choice.candidates == 3
-    if choice.source == "best-episode":
-        assert torch.equal(choice.mask, better) and choice.check_utility == high
-        assert choice.step_utility == 0.0
-    assert choice.check_utility >= high > low
+    greedy_utility = env.utility(task.check_score(greedy["mask"]))
+    # The check picks the better mask over the one the step batches ranked first, unless the
+    # greedy rollout reads higher still on the check sets (then it must be the choice).
+    expected = better if high >= greedy_utility else greedy["mask"]
+    assert torch.equal(choice.mask, expected)
+    assert choice.check_utility == max(high, greedy_utility) and high > low
     assert choice.check == task.check_score(choice.mask)
     listed = choice.to_json()
     assert listed["check"]["utility"] == choice.check_utility
@@ -84,8 +87,11 @@ def test_best_mask_takes_the_highest_utility_on_the_check_sets() -> None:
 def test_without_check_sets_the_best_episode_by_the_step_batches_wins() -> None:
     env = ChannelPruningEnv(tiny_task(width=4))
     result = learn(env, SMALL_PPO, 96, seed=0)
-    choice = best_mask(result, 0)
+    greedy = rollout(result.agent, env, 0)
+    choice = best_mask(result, 0, greedy)
     top = result.episodes.candidates["tiny"][0]
-    if choice.source == "best-episode":
-        assert torch.equal(choice.mask, top["mask"])
-    assert choice.check_utility >= top["utility"] and choice.check_utility == choice.step_utility
+    # Without check sets a mask's check reading is its step reading: the best of the episodes
+    # and the greedy rollout by the step batches wins, the episode on a tie.
+    expected = top["mask"] if top["utility"] >= greedy["utility"] else greedy["mask"]
+    assert torch.equal(choice.mask, expected)
+    assert choice.check_utility == max(top["utility"], greedy["utility"]) == choice.step_utility

@@ -51,7 +51,10 @@ def test_runs_on_both_nets_prunes_least_active_and_uses_only_defense_data(
 ) -> None:
     seen = held_in_spy(fine_pruning)
     before = checks.state_of(tiny_model)
-    result = build_defense("fine-pruning", FAST).repair(tiny_model, defense_set, seed=0)
+    # Any accuracy drop allowed: the scan prunes its largest count (90% of the layer), so the
+    # order of pruning is always on show.
+    settings = {**FAST, "max_drop": 1.0}
+    result = build_defense("fine-pruning", settings).repair(tiny_model, defense_set, seed=0)
     checks.assert_same_state(before, checks.state_of(tiny_model))
     checks.assert_repaired_shape(tiny_model, result.model)
     checks.assert_only_defense_data(seen, defense_set)
@@ -62,8 +65,8 @@ def test_runs_on_both_nets_prunes_least_active_and_uses_only_defense_data(
     groups = trace_groups(tiny_model, (1, 12, 12))
     first = int(groups.offsets[info["layer"]["group"]])
     kept[[n - first for n in info["pruned_nodes"]]] = False
-    if info["pruned"]:
-        assert activations[~kept].max() <= activations[kept].min()
+    assert 0 < info["pruned"] < len(activations)  # the scan chose some channels, not all
+    assert activations[~kept].max() <= activations[kept].min()  # the least active go first
 
 
 def test_the_choice_depends_only_on_the_defense_data_and_seed(tiny_models, defense_set) -> None:

@@ -1,7 +1,9 @@
 """Graph and layer-score pictures: valid PNGs, written atomically, inputs checked."""
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from onp.errors import ONPInputError
 from onp.graph.features import feature_index
@@ -29,6 +31,12 @@ def is_png(path):
     return path.read_bytes()[: len(PNG_MAGIC)] == PNG_MAGIC
 
 
+def pixels(path) -> np.ndarray:
+    """The picture as ``[H, W, 3]`` uint8, read back with Pillow."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 def test_graph_png_with_and_without_scores(graph, tmp_path):
     data, groups = graph
     plain = save_graph_png(data, groups, tmp_path / "graph.png")
@@ -36,6 +44,11 @@ def test_graph_png_with_and_without_scores(graph, tmp_path):
     scored = save_graph_png(data, groups, tmp_path / "sub" / "mask.png", scores=mask, title="m")
     assert is_png(plain) and is_png(scored)
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["graph.png", "mask.png"]
+    first, second = pixels(plain), pixels(scored)
+    assert min(first.shape[:2]) > 200  # a picture, not a stub
+    assert len(np.unique(first.reshape(-1, 3), axis=0)) > 10  # nodes and edges drawn
+    # the mask colours the nodes: the two pictures differ where the pruned nodes are
+    assert first.shape == second.shape and (first != second).any(axis=2).mean() > 0.001
 
 
 def test_layer_scores_png(graph, tmp_path):
@@ -44,7 +57,8 @@ def test_layer_scores_png(graph, tmp_path):
         data.x[:, feature_index("trigger_z")], groups, tmp_path / "z.png", "trigger response"
     )
     assert path == tmp_path / "z.png" and is_png(path)
-    assert path.stat().st_size > 1000
+    picture = pixels(path)
+    assert min(picture.shape[:2]) > 200 and len(np.unique(picture.reshape(-1, 3), axis=0)) > 10
 
 
 def test_bad_scores_leave_no_file(graph, tmp_path):

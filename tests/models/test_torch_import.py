@@ -10,7 +10,7 @@ from onp.models.bundle import ModelSpec, make_classifier
 from onp.models.importers import ImportOptions
 from onp.models.loading import load_model
 from onp.models.torch_import import BACKDOORBENCH_NORMALIZATION, import_torch_checkpoint
-from onp.models.zoo import PreActResNet18, build_architecture
+from onp.models.zoo import PreActResNet18
 
 SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
@@ -154,15 +154,6 @@ class BackdoorBenchPreAct(PreActResNet18):
         return self.linear(torch.flatten(self.avgpool(out), 1))
 
 
-def _zoo_has_final_bn_option():
-    try:
-        with torch.device("meta"):
-            build_architecture("preact_resnet18", 2, SHAPE, width=1, final_bn=False)
-    except ONPInputError:  # not an option of the zoo builder
-        return False
-    return True
-
-
 def _backdoorbench_preact_file(tmp_path):
     torch.manual_seed(0)
     net = BackdoorBenchPreAct().eval()
@@ -171,14 +162,6 @@ def _backdoorbench_preact_file(tmp_path):
     return net, path
 
 
-@pytest.mark.skipif(_zoo_has_final_bn_option(), reason="the zoo reproduces BackdoorBench's net")
-def test_backdoorbench_preact_without_final_bn_is_a_clear_error(tmp_path):
-    _, path = _backdoorbench_preact_file(tmp_path)
-    with pytest.raises(ONPInputError, match=r"no final BatchNorm.*final_bn=False"):
-        load_model(path, arch_options=WIDTH)
-
-
-@pytest.mark.skipif(not _zoo_has_final_bn_option(), reason="zoo lacks preact final_bn=False")
 def test_backdoorbench_preact_without_final_bn_round_trips(tmp_path):
     net, path = _backdoorbench_preact_file(tmp_path)
     model = load_model(path, arch_options=WIDTH)
