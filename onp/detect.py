@@ -1,7 +1,9 @@
 """``python -m onp.detect``: classify inputs with a detector G; print one class per input.
 
-Prints one line per input image, a class in ``[0, N]``; ``N`` (the number of classes of the
-repaired model) means "backdoored", as in the CSAW-HackML evaluation scripts. Inputs are image
+Prints one line per input image, ``NAME<TAB>CLASS``: the image file, or ``file.h5[i]`` for image
+``i`` of an HDF5 file, and a class in ``[0, N]``; ``N`` (the number of classes of the repaired
+model) means "backdoored", as in the CSAW-HackML evaluation scripts. ``--labels-only true``
+prints the classes alone, one per line, as those scripts read them. Inputs are image
 files (PNG, JPEG, ...; resized to the model's input size) or HDF5 files with a ``data`` array
 (CSAW-HackML layout; integer or float 0..255, or float 0..1, told apart as ``onp.apply``'s data
 files are, see :func:`onp.data.hdf5.pixel_scale`; a ``label`` array is ignored), one line per
@@ -47,22 +49,25 @@ class DetectConfig:
         "help": "module.path:ClassName of your own architecture, when the detector's models use "
                 "one (imports that module)"})
     batch_size: int = field(default=256, metadata={"help": "images per forward pass"})
+    labels_only: bool = field(default=False, metadata={
+        "help": "print the classes alone, one per line (CSAW-HackML's scripts)"})
 
 
 def read_inputs(
     paths: Sequence[str], shape: tuple[int, int, int], scale: float | None
-) -> torch.Tensor:
-    """All inputs as one batch.
+) -> tuple[torch.Tensor, list[str]]:
+    """All inputs as one batch, with a name for each image.
 
     Returns:
         ``[M, C, H, W]`` float32 in ``[0, 1]``, in the order of ``paths`` (an HDF5 file adds
-        all its images).
+        all its images), and the ``M`` names: the file, or ``file[i]`` for an HDF5 file's
+        image ``i``.
 
     Raises:
         ONPInputError: A file is missing, undecodable, or of the wrong image shape.
     """
     channels, height, width = shape
-    batches = []
+    batches, names = [], []
     for name in paths:
         path = Path(name)
         if not path.is_file():
@@ -86,9 +91,11 @@ def read_inputs(
             raise ONPInputError(f"{path}: images are {list(images.shape[1:])}, the detector "
                                 f"takes {list(shape)}")
         batches.append(images)
+        names += ([f"{name}[{i}]" for i in range(len(images))]
+                  if path.suffix.lower() in HDF5_SUFFIXES else [name])
     if not batches:
         raise ONPInputError("detect: expected at least one input (--input FILE ...)")
-    return torch.cat(batches)
+    return torch.cat(batches), names
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,12 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             trust_user_architecture(config.architecture)
         detector = load_detector(config.detector)
         shape = tuple(detector.original.spec.input_shape)
-        images = read_inputs(config.input, shape, config.scale)  # type: ignore[arg-type]
+        images, names = read_inputs(config.input, shape, config.scale)  # type: ignore[arg-type]
     except ONPInputError as error:
         logging.getLogger("onp.detect").error("%s", error)
         return 2
-    for label in detector.predict(images, config.batch_size).tolist():
-        print(label)
+    for name, label in zip(names, detector.predict(images, config.batch_size).tolist(),
+                           strict=True):
+        print(label if config.labels_only else f"{name}\t{label}")
     return 0
 
 

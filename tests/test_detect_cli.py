@@ -50,7 +50,9 @@ def test_png_and_hdf5_inputs_print_one_class_per_image(tmp_path, capsys) -> None
         handle["data"] = pixels[3:].astype(np.float32)
         handle["label"] = np.zeros(9)
     assert main(["--detector", str(folder), "--input", *map(str, pngs), str(h5)]) == 0
-    printed = [int(line) for line in capsys.readouterr().out.split()]
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [name for name, _ in lines] == [*map(str, pngs), *(f"{h5}[{i}]" for i in range(9))]
+    printed = [int(label) for _, label in lines]
     assert printed == _expected(detector, pixels)
     assert len(printed) == 12 and all(0 <= c <= CLASSES for c in printed)
     assert CLASSES in printed  # two different random nets disagree somewhere
@@ -61,8 +63,8 @@ def test_identical_models_never_flag(tmp_path, capsys) -> None:
     h5 = tmp_path / "x.h5"
     with h5py.File(h5, "w") as handle:
         handle["data"] = _images(20)
-    assert main(["--detector", str(folder), "--input", str(h5)]) == 0
-    printed = [int(line) for line in capsys.readouterr().out.split()]
+    assert main(["--detector", str(folder), "--input", str(h5), "--labels-only", "true"]) == 0
+    printed = [int(line) for line in capsys.readouterr().out.split()]  # CSAW: classes alone
     assert printed == _expected(detector, _images(20)) and CLASSES not in printed
 
 
