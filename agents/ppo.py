@@ -317,6 +317,7 @@ def learn(
     checkpoint_every: int = 1024,
     device: str = "auto",
     settings: dict[str, Any] | None = None,
+    tensorboard: Path | None = None,
 ) -> LearnResult:
     """Train (or fine-tune) the GNN policy on ``env`` for ``timesteps`` steps.
 
@@ -337,9 +338,13 @@ def learn(
         checkpoint_every: Steps between checkpoints.
         device: Torch device of the policy.
         settings: The caller's settings, stored in each checkpoint for it to compare on resume.
+        tensorboard: Folder for the TensorBoard logs (default: ``out/tb``, or none without
+            ``out``).
     """
-    tensorboard = str(out / "tb") if out is not None else None
-    agent = make_agent(env, config, seed, tensorboard, device)
+    if tensorboard is None and out is not None:
+        tensorboard = out / "tb"
+    agent = make_agent(env, config, seed, None if tensorboard is None else str(tensorboard),
+                       device)
     checkpoint = checkpoint_dir(out) if out is not None else None
     episodes = EpisodeLogger(env, timesteps)
     if resume and checkpoint is not None and (checkpoint / STATE_JSON).is_file():

@@ -9,7 +9,9 @@ Examples:
 ``--out DIR`` receives ``repaired/`` (B', a bundle with the mask baked in),
 ``repaired_compact/`` (the pruned channels cut out: safetensors + ``widths.json``),
 ``detector/`` (G, N + 1 classes; ``python -m onp.detect --detector DIR/detector``),
-``report.json``, ``report.md``, ``masks.json``, ``config.json`` and ``plots/``. Every choice
+``report.json``, ``report.md``, ``masks.json``, ``config.json``, ``plots/`` and, when a policy
+was trained or fine-tuned here, the agent's TensorBoard logs in ``tb/``
+(``tensorboard --logdir DIR/tb``). The log says "stage k of 6" as each stage starts. Every choice
 (the mask, the kept round) is made on the defense data; held-out data only reports. A failed run
 leaves ``DIR`` as it was.
 """

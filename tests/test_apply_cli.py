@@ -55,6 +55,8 @@ def test_apply_writes_b_prime_g_compact_copy_report_and_plots(applied) -> None:
                  "report.json", "report.md", "masks.json", "config.json",
                  "plots/rounds.png", "plots/pruning_map.png"):
         assert (applied / name).is_file(), name
+    # the agent trained here (--policy none): its TensorBoard logs come along
+    assert list((applied / "tb").rglob("events.out.tfevents.*"))
     report = json.loads((applied / "report.json").read_text())
     assert set(report["test"]["B"]) == {"CA", "ASR", "RA"}
     assert report["test"]["B"]["ASR"] > 80  # the infected model, before

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,16 +90,23 @@ log = logging.getLogger(__name__)
 COMMAND = "onp.apply"
 
 DATA_FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".npz": "npz"}
+STAGES = ("load", "signal", "mask", "repair", "evaluate", "save")
+"""The stages of ``onp.apply``, in order: the log says "stage k of n" with each."""
+
+
 class StageTimer:
-    """Wall time per named stage, in seconds."""
+    """Wall time per named stage, in seconds; logs each stage's start as "stage k of n"."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.start = time.perf_counter()
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time the ``with`` block as stage ``name``."""
+        """Time the ``with`` block as stage ``name`` (one of :data:`STAGES`)."""
         start = time.perf_counter()
+        log.info("apply: stage %d of %d: %s (%.0f s elapsed)", STAGES.index(name) + 1,
+                 len(STAGES), name, start - self.start)
         try:
             yield
         finally:
@@ -290,8 +299,12 @@ def starting_policy(task: PruningTask, config: ApplyConfig) -> tuple[Path | None
     return directory, "shipped"
 
 
-def choose_mask(task: PruningTask, config: ApplyConfig) -> MaskChoice:
-    """Run (and train, or fine-tune) the pruning policy on ``task``; return the seed mask."""
+def choose_mask(task: PruningTask, config: ApplyConfig,
+                tensorboard: Path | None = None) -> MaskChoice:
+    """Run (and train, or fine-tune) the pruning policy on ``task``; return the seed mask.
+
+    ``tensorboard`` receives the agent's TensorBoard logs when it trains (default: none).
+    """
     ppo_values, max_nodes = dict(config.ppo), 0
     policy, source = starting_policy(task, config)
     if policy is not None:
@@ -313,7 +326,8 @@ def choose_mask(task: PruningTask, config: ApplyConfig) -> MaskChoice:
     steps = config.agent_timesteps
     if steps is None:
         steps = 0 if policy is not None else DEFAULT_AGENT_TIMESTEPS
-    result = learn(env, ppo, steps, config.seed, None, policy, device=config.device)
+    result = learn(env, ppo, steps, config.seed, None, policy, device=config.device,
+                   tensorboard=tensorboard if steps > 0 else None)
     if policy is not None and steps > 0:
         source += "-finetuned"
     return _seed_mask(result, steps, source)
@@ -383,6 +397,14 @@ def run_apply(
         config.data_root), overwrite=config.overwrite)
     timer = StageTimer()
     seed_everything(config.seed)
+    with tempfile.TemporaryDirectory(prefix="onp-apply-tb-") as logs:
+        return _run_stages(config, out, timer, Path(logs), seed_mask, prepared)
+
+
+def _run_stages(config: ApplyConfig, out: Path, timer: StageTimer, logs: Path,
+                seed_mask: ChannelMask | None,
+                prepared: tuple[ApplyInputs, ProbeStage] | None) -> dict[str, Any]:
+    """The stages of :func:`run_apply`; the agent's TensorBoard logs go to ``logs`` first."""
     with timer.stage("load"):
         inputs = prepared[0] if prepared else load_inputs(config)
     with timer.stage("signal"):
@@ -392,7 +414,7 @@ def run_apply(
                           TaskConfig(config.clean_batch, config.probe_batch,
                                      check_clean=config.mask_check_clean), config.seed)
         choice = (MaskChoice(seed_mask, "given", 0, None) if seed_mask is not None
-                  else choose_mask(task, config))
+                  else choose_mask(task, config, logs / "tb"))
     with timer.stage("repair"):
         prune_only = config.mode == PRUNE_ONLY
         if prune_only:
@@ -420,6 +442,8 @@ def run_apply(
             save_compact(repaired, task.groups, result.mask, tmp / "repaired_compact")
             save_detector(detector, tmp / "detector")
             write_json(tmp / "config.json", config_to_dict(config))
+            if (logs / "tb").is_dir():  # the agent trained here: `tensorboard --logdir OUT/tb`
+                shutil.copytree(logs / "tb", tmp / "tb")
         report = write_outputs(tmp, inputs, stage, choice, task.groups, result, detector,
                                evaluation, timer.seconds, config, rule_probe)
     log.info("apply: wrote %s", out)

@@ -404,7 +404,7 @@ def train_round(
         data, stamp, config.unlearn_fraction, seed + index)
     loss = train_classifier(
         work, images, labels, settings, seed=seed + index, augment_mask=augmentable,
-        teacher=teacher, teacher_images=originals, description=f"round {index + 1}")[0]
+        teacher=teacher, teacher_images=originals, description=f"round {index}")[0]
     _restore_pruned_statistics(work, groups, mask, statistics)
     return loss
 
