@@ -7,13 +7,16 @@ display) and written atomically, so a failed plot leaves no half-written file.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from torch_geometric.data import Data
 
 from onp.errors import ONPInputError
@@ -46,6 +49,8 @@ STRIP_HEIGHT = 0.35
 
 STRIP_MARGIN = 1.5
 """Room for the title, labels and colorbar in the layer-score figure (inches)."""
+CATEGORY_COLORS = ("#d9d9d9", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e")
+"""Colours of categorical maps: the first (grey) for the ordinary category, e.g. "kept"."""
 
 STRIP_WIDTH = 10.0
 """Width of the layer-score figure (inches)."""
@@ -159,7 +164,8 @@ def save_graph_png(
 
 
 def save_layer_scores_png(
-    scores: torch.Tensor, groups: ChannelGroups, path: str | Path, title: str
+    scores: torch.Tensor, groups: ChannelGroups, path: str | Path, title: str,
+    categories: Sequence[str] | None = None,
 ) -> Path:
     """Draw per-node scores as a heatmap: one row per channel group, one column per channel.
 
@@ -170,6 +176,8 @@ def save_layer_scores_png(
         groups: The channel groups the nodes are numbered over.
         path: The PNG file to write (its folder is created).
         title: The figure title.
+        categories: Names of the values ``0, 1, ...`` when the scores are categories: one
+            colour each and a legend instead of a colour bar (default: continuous scores).
 
     Returns:
         ``path``.
@@ -188,15 +196,24 @@ def save_layer_scores_png(
     height = STRIP_MARGIN + STRIP_HEIGHT * len(groups.groups)
     figure = Figure(figsize=(STRIP_WIDTH, height))
     axes = figure.add_subplot()
-    image = axes.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=COLORMAP,
-                        interpolation="nearest")
-    figure.colorbar(image, ax=axes, label="score")
+    if categories is None:
+        image = axes.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=COLORMAP,
+                            interpolation="nearest")
+        figure.colorbar(image, ax=axes, label="score")
+    else:
+        palette = [CATEGORY_COLORS[i % len(CATEGORY_COLORS)] for i in range(len(categories))]
+        axes.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=ListedColormap(palette),
+                    vmin=-0.5, vmax=len(categories) - 0.5, interpolation="nearest")
+        axes.legend(handles=[Patch(color=c, label=n) for c, n in zip(palette, categories,
+                                                                     strict=True)],
+                    loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(categories),
+                    fontsize="small", frameon=False)
     axes.set_yticks(range(len(groups.groups)))
     axes.set_yticklabels([f"{g.index} {g.kind} {g.size}{' *' if g.coupled else ''}"
                           for g in groups.groups])
     axes.set_xlabel("channel")
     axes.set_ylabel("group, kind, size (* = coupled)")
-    axes.set_title(title)
+    axes.set_title(title, pad=20 if categories is not None else 6)
     if not np.isfinite(values).all():
         log.warning("%s: %d scores are not finite; they are drawn blank", path,
                     int((~np.isfinite(values)).sum()))

@@ -38,8 +38,9 @@ ALTERNATIVE_RULES = (("disagree", 1.0), ("reject", 0.05), ("reject", 0.1), ("rej
 """Detector rules also scored in the report, so that a better rule shows up in the numbers
 (``target`` only where suspected targets are known)."""
 DPI = 120
-CURVE_FIGSIZE = (7.0, 4.0)  # inches
+CURVE_FIGSIZE = (7.0, 6.0)  # inches: two panels, CA and ASR
 SEED_PRUNED, ROUND_PRUNED = 2.0, 1.0  # values of the pruning map (0 = kept)
+PRUNING_MAP_CATEGORIES = ("kept", "pruned by the rounds", "pruned by the learned seed")
 
 
 def _percent(value: float | None) -> float | None:
@@ -196,22 +197,25 @@ def save_round_curves_png(result: SparseResult, path: Path, title: str) -> Path:
     """Held-in CA and proxy ASR per round (and true ASR when measured), B's as dashed lines."""
     figure = Figure(figsize=CURVE_FIGSIZE)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    # Two panels: CA on an axis fitted to its values (its changes are a few points), ASR on 0-1.
+    ca_axes, asr_axes = figure.subplots(2, 1, sharex=True)
     rounds = [r.round for r in result.rounds]
-    axes.plot(rounds, [r.clean_accuracy for r in result.rounds], "o-", label="held-in CA")
-    axes.plot(rounds, [r.proxy_asr for r in result.rounds], "s-", label="proxy ASR (held-in)")
+    ca_axes.plot(rounds, [r.clean_accuracy for r in result.rounds], "o-", label="held-in CA")
+    ca_axes.axhline(result.before[0], color="C0", ls="--", lw=0.8, label="B: held-in CA")
+    asr_axes.plot(rounds, [r.proxy_asr for r in result.rounds], "s-", color="C1",
+                  label="proxy ASR (held-in)")
     true = [r.true_asr for r in result.rounds if r.true_asr is not None]
     if len(true) == len(rounds):
-        axes.plot(rounds, true, "^:", label="true ASR (held-out; plot only)")
-    axes.axhline(result.before[0], color="C0", ls="--", lw=0.8, label="B: held-in CA")
-    axes.axhline(result.before[1], color="C1", ls="--", lw=0.8, label="B: proxy ASR")
-    axes.axvline(result.best_round, color="grey", lw=0.8, label="kept round")
-    axes.set_xlabel("round")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_ylabel("rate")
-    axes.set_ylim(-0.02, 1.02)
-    axes.set_title(title)
-    axes.legend(fontsize="small", loc="center right")
+        asr_axes.plot(rounds, true, "^:", color="C2", label="true ASR (held-out; plot only)")
+    asr_axes.axhline(result.before[1], color="C1", ls="--", lw=0.8, label="B: proxy ASR")
+    asr_axes.set_ylim(-0.02, 1.02)
+    for axes, label in ((ca_axes, "clean accuracy"), (asr_axes, "attack success")):
+        axes.axvline(result.best_round, color="grey", lw=0.8, label="kept round")
+        axes.set_ylabel(label)
+        axes.legend(fontsize="small", loc="best")
+    asr_axes.set_xlabel("round")
+    asr_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ca_axes.set_title(title)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=DPI)
     return path
@@ -326,8 +330,7 @@ def write_outputs(
     pruning_map = torch.where(~seed & ~final, SEED_PRUNED,
                               torch.where(~final, ROUND_PRUNED, 0.0))
     save_layer_scores_png(pruning_map, groups, plots / "pruning_map.png",
-                          f"final mask of {inputs.name}: 0 kept, 1 pruned by the rounds, "
-                          f"{SEED_PRUNED:g} pruned by the seed")
+                          f"final mask of {inputs.name}", categories=PRUNING_MAP_CATEGORIES)
     write_json(directory / "report.json", report)
     with atomic_path(directory / "report.md") as tmp:
         tmp.write_text(markdown_report(report))
