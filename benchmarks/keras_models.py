@@ -8,6 +8,8 @@ Three steps, two environments (ONP's, and a side one with TensorFlow; CI runs ne
     /tmp/tfenv/bin/python benchmarks/keras_models.py train --work runs/keras
     # 3. ONP's environment: import each, compare with Keras's softmax, print the apply commands
     python benchmarks/keras_models.py check --work runs/keras
+    # 4. after running those commands: the table of docs/results/keras-models/README.md
+    python benchmarks/keras_models.py table --work runs/keras --out docs/results/keras-models
 
 ``train`` makes, for each model, a BadNets backdoor (a 3x3 white patch in the bottom-right corner,
 10% of the training images relabelled to the target class) and writes under ``runs/keras/<name>/``:
@@ -210,6 +212,39 @@ def check(work: Path) -> None:
               f" --eval-poisoned {folder / 'poisoned_test_data.h5'} --out {work / 'apply'}-{name}")
 
 
+def table(work: Path, out: Path) -> None:
+    """Write ``out/results.json`` and ``out/table.md`` from the training, check and apply files."""
+    rows = []
+    for name in MODEL_FILES:
+        folder = work / name
+        record = json.loads((folder / "training.json").read_text())
+        record |= {"import": json.loads((folder / "import_check.json").read_text())}
+        report_path = work / f"apply-{name}" / "report.json"
+        if report_path.is_file():
+            report = json.loads(report_path.read_text())
+            record |= {"apply": {key: report[key] for key in ("test", "seconds", "mask")
+                                 if key in report}}
+        rows.append(record)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = ["| model | layout | Keras CA / ASR % | max softmax diff | same argmax | groups / "
+             "nodes | B CA / ASR % | B' CA / ASR % | DER | apply s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        check_row, apply = row["import"], row.get("apply", {})
+        test = apply.get("test", {})
+        b, repaired = test.get("B", {}), test.get("B'", {})
+        lines.append(
+            f"| {row['model']} | {check_row['layout']} | {100 * row['keras_test_CA']:.1f} / "
+            f"{100 * row['keras_test_ASR']:.1f} | {check_row['max_abs_softmax_diff']:.1e} | "
+            f"{check_row['same_argmax']} | {check_row['channel_groups']} / "
+            f"{check_row['channel_nodes']} | {b.get('CA', '–')} / {b.get('ASR', '–')} | "
+            f"{repaired.get('CA', '–')} / {repaired.get('ASR', '–')} | {test.get('DER', '–')} | "
+            f"{apply.get('seconds', {}).get('total', '–')} |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="step", required=True)
@@ -221,13 +256,18 @@ def main() -> None:
     second.add_argument("--only", nargs="*", default=[])
     third = sub.add_parser("check")
     third.add_argument("--work", type=Path, default=Path("runs/keras"))
+    fourth = sub.add_parser("table")
+    fourth.add_argument("--work", type=Path, default=Path("runs/keras"))
+    fourth.add_argument("--out", type=Path, default=Path("docs/results/keras-models"))
     args = parser.parse_args()
     if args.step == "export":
         export(args.datasets_dir, args.work)
     elif args.step == "train":
         train(args.work, args.only)
-    else:
+    elif args.step == "check":
         check(args.work)
+    else:
+        table(args.work, args.out)
 
 
 if __name__ == "__main__":
