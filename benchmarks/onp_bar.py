@@ -15,9 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-from onp.bench.config import NO_DEFENSE
-from onp.bench.report import mean_percent
-from onp.bench.runner import OK, CellResult
+from onp.suite.config import NO_DEFENSE
+from onp.suite.runner import OK, CellResult
+from onp.suite.tables import mean_percent
 
 CA_MARGIN = 1.0  # points of CA ONP may trail the best baseline by
 ASR_LIMIT = 2.0  # ONP's ASR ceiling, in %

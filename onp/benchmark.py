@@ -18,13 +18,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from onp.bench.config import SuiteConfig
-from onp.bench.report import write_results
-from onp.bench.runner import OK, run_suite
 from onp.config import config_to_dict, parse_config
 from onp.errors import ONPInputError
 from onp.io import write_json
 from onp.outputs import check_destination, claim_output, incremental_output
+from onp.suite.config import SuiteConfig
+from onp.suite.runner import OK, run_suite
+from onp.suite.tables import write_results
 
 COMMAND = "onp.benchmark"
 

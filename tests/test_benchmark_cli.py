@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from onp.bench.config import SuiteConfig
-from onp.bench.report import summary_lines
-from onp.bench.runner import OK, CellResult
 from onp.benchmark import main
 from onp.config import parse_config
 from onp.defenses import DefenseUnavailable, onp_adapter
+from onp.suite.config import SuiteConfig
+from onp.suite.runner import OK, CellResult
+from onp.suite.tables import summary_lines
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "bench"
 TINY_DEFENSES = {

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from onp.attacks import defaults
-from onp.attacks.attack import Attack, SupportsNoiseWarp, build_attack
+from onp.attacks.built import Attack, SupportsNoiseWarp, build_attack
 from onp.attacks.config import AttackConfig
 from onp.data.types import DatasetMeta, ImageSet
 from onp.errors import ONPInputError

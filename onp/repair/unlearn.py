@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from onp.attacks.attack import Attack
+from onp.attacks.built import Attack
 from onp.signal.perturbation import stamp_perturbation, universal_perturbation
 from onp.signal.probe import SYNTHESIZED, BackdoorProbe, concat_probes
 from onp.signal.warp import stamp_warp, universal_warp

@@ -26,6 +26,7 @@ from onp.signal.probe import (
     proxy_asr,
     split_defense,
 )
+from onp.signal.synthesis import SynthesizedTrigger, synthesize_trigger
 from onp.signal.target import (
     TargetEstimate,
     UnlearnCheckpoint,
@@ -33,7 +34,6 @@ from onp.signal.target import (
     collapse_shares,
     identify_target,
 )
-from onp.signal.trigger import SynthesizedTrigger, synthesize_trigger
 
 __all__ = [
     "KNOWN_TRIGGER",

@@ -1,6 +1,6 @@
 """A targeted universal adversarial perturbation: the additive kind of suspected trigger.
 
-The mask-and-pattern trigger of :mod:`onp.signal.trigger` models a patch. A blended trigger
+The mask-and-pattern trigger of :mod:`onp.signal.synthesis` models a patch. A blended trigger
 (``x' = (1 - a) x + a n``) is an additive change spread over the whole image, which unlearning
 a small patch need not remove. One perturbation ``d`` (``||d||_inf <= eps``) is optimized so
 that ``clip(x + d)`` is classified as the target for clean images of other classes, as in the

@@ -3,7 +3,7 @@
 A :class:`BackdoorProbe` is a batch of triggered non-target images with their target labels; its
 proxy attack success rate on a (pruned, masked) model is :func:`proxy_asr`. By default the defender
 holds no trigger: :func:`estimate_probe` names the suspected target by unlearning
-(:mod:`onp.signal.target`), synthesizes a trigger for it (:mod:`onp.signal.trigger`) and stamps it
+(:mod:`onp.signal.target`), synthesizes a trigger for it (:mod:`onp.signal.synthesis`) and stamps it
 on defense images the trigger was not fitted on. When the trigger is known (an evaluation, or a
 user with poisoned samples), :func:`known_trigger_probe` and :func:`poisoned_probe` build the probe
 from it, and the probe says so (``known_trigger=True``) so that every result can be labelled.
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from onp.attacks.attack import Attack
 from onp.attacks.base import check_image_shape, trigger_from_description
+from onp.attacks.built import Attack
 from onp.attacks.config import AttackConfig
 from onp.config import config_to_dict
 from onp.data.types import ImageSet
@@ -29,8 +29,8 @@ from onp.errors import ONPInputError
 from onp.eval.metrics import DEFAULT_EVAL_BATCH, attack_success_rate, predict
 from onp.signal.candidates import CandidateReach, arbitrate_target
 from onp.signal.config import SignalConfig
+from onp.signal.synthesis import SynthesizedTrigger, synthesize_trigger
 from onp.signal.target import TargetEstimate, check_defense, check_outputs, identify_target
-from onp.signal.trigger import SynthesizedTrigger, synthesize_trigger
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A targeted universal warp: the geometric kind of suspected trigger.
 
-A patch (:mod:`onp.signal.trigger`) and an additive perturbation
+A patch (:mod:`onp.signal.synthesis`) and an additive perturbation
 (:mod:`onp.signal.perturbation`) do not describe a warping trigger such as WaNet's (Nguyen &
 Tran, ICLR 2021), which moves pixels by less than a pixel along a smooth field. One field of that
 shape is fitted so that warped clean images of other classes are classified as the target: a

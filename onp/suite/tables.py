@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from onp.bench.config import NO_DEFENSE, SuiteConfig
-from onp.bench.runner import OK, CellResult
 from onp.config import config_to_dict
 from onp.io import atomic_path, write_json
+from onp.suite.config import NO_DEFENSE, SuiteConfig
+from onp.suite.runner import OK, CellResult
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def mean_percent(
 ) -> float | None:
     """Mean of one rate over the finished seeds of one attack and defense, in %.
 
-    ``rate`` names a :class:`~onp.bench.runner.CellResult` field (``"der"``,
+    ``rate`` names a :class:`~onp.suite.runner.CellResult` field (``"der"``,
     ``"clean_accuracy"``, ...); ``None`` when no seed finished.
     """
     done = _percents(getattr(c, rate) for c in cells

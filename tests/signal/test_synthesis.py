@@ -6,7 +6,7 @@ import torch
 from onp.errors import ONPInputError
 from onp.eval.metrics import predict
 from onp.signal import SignalConfig, SynthesizedTrigger, synthesize_trigger
-from onp.signal.trigger import _LambdaSchedule
+from onp.signal.synthesis import _LambdaSchedule
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,6 @@ from tqdm.auto import tqdm
 
 from onp.attacks.poison import PoisonedTestSet
 from onp.attacks.train import resolve_device, run_attack
-from onp.bench.config import NO_DEFENSE, SuiteConfig
-from onp.bench.resources import measure
 from onp.config import config_to_dict
 from onp.data.splits import subsample
 from onp.defenses import DefenseUnavailable, build_defense
@@ -39,6 +37,8 @@ from onp.fingerprint import weights_hash
 from onp.io import write_json
 from onp.models.loading import load_model
 from onp.subjects import Subject, load_subject
+from onp.suite.config import NO_DEFENSE, SuiteConfig
+from onp.suite.resources import measure
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class CellResult:
         ca_before: CA of the infected model.
         asr_before: ASR of the infected model.
         wall_time_s: Seconds the defense took (evaluation excluded).
-        peak_rss_mb: Peak RSS increase during the defense, MiB (see :mod:`onp.bench.resources`).
+        peak_rss_mb: Peak RSS increase during the defense, MiB (see :mod:`onp.suite.resources`).
         peak_cuda_mb: Peak CUDA memory during the defense, MiB, or ``None``.
         model_cached: Whether the infected model was reused from an earlier run.
         model_hash: SHA-256 of the infected model's weights: a stored cell stands in for a
