@@ -159,6 +159,8 @@ def parse_config(
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", type=Path, help="YAML file of config keys")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML (a --config file) and exit")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         kind, nargs = _field_parser(hints[f.name])
@@ -176,12 +178,38 @@ def parse_config(
     if default_config is not None and Path(default_config).is_file():
         values.update(load_yaml(default_config))
     config_file = namespace.pop("config", None)
+    print_only = namespace.pop("print_config", False)
     if config_file is not None:
         values.update(load_yaml(config_file))
     values.update(namespace)
-    return config_from_dict(cls, values, where=str(config_file or default_config or "command line"))
+    config = config_from_dict(cls, values,
+                              where=str(config_file or default_config or "command line"))
+    if print_only:
+        print(config_to_yaml(config), end="")
+        raise SystemExit(0)
+    return config
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A config dataclass as a JSON-ready dict."""
     return dataclasses.asdict(config)
+
+
+def config_to_yaml(config: Any) -> str:
+    """A config dataclass as YAML that ``--config`` reads back (tuples written as lists)."""
+    plain = json.loads(json.dumps(config_to_dict(config)))
+    return yaml.safe_dump(plain, sort_keys=False, default_flow_style=None)
+
+
+def reference_table(cls: type) -> str:
+    """A Markdown table of a config dataclass's settings: key, flag, type, default, help."""
+    hints = typing.get_type_hints(cls)
+    rows = ["| key | flag | type | default | what it sets |", "|---|---|---|---|---|"]
+    defaults = config_to_dict(cls())
+    for item in dataclasses.fields(cls):
+        default = json.dumps(defaults[item.name])
+        help_text = str(item.metadata.get("help", "")).replace("|", "\\|")
+        rows.append(f"| `{item.name}` | `--{item.name.replace('_', '-')}` | "
+                    f"{_type_name(hints[item.name]).replace(' | ', ' or ')} | `{default}` | "
+                    f"{help_text} |")
+    return "\n".join(rows) + "\n"
