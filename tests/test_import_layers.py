@@ -77,3 +77,49 @@ def test_no_module_of_onp_envs_or_agents_is_part_of_an_import_cycle() -> None:
     graph = import_graph()
     assert "onp.repair.pipeline" in graph and "onp.repair.report" in graph["onp.repair.pipeline"]
     assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
+
+
+# The layers, bottom first: a module may import its own layer and the ones below, never above.
+# docs/architecture.md draws the same list.
+LAYERS = (
+    ("foundation", ("onp", "onp.errors", "onp.io", "onp.seeding", "onp.fingerprint", "onp.config",
+                    "onp.outputs")),
+    ("data", ("onp.data",)),
+    ("models", ("onp.models",)),
+    ("metrics", ("onp.eval",)),
+    ("training", ("onp.training",)),
+    ("attacks", ("onp.attacks",)),
+    ("graph", ("onp.graph",)),
+    ("signal", ("onp.signal",)),
+    ("task", ("onp.task", "onp.subjects")),
+    ("env", ("envs",)),
+    ("agent", ("agents", "onp.policies")),
+    ("repair", ("onp.repair",)),
+    ("defenses", ("onp.defenses",)),
+    ("suite", ("onp.suite",)),
+    ("commands", ("onp.cli", "onp.apply", "onp.detect", "onp.attack", "onp.train_agent",
+                  "onp.benchmark", "onp.api", "onp.reference")),
+)
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of the longest prefix that names ``module`` (or its package)."""
+    matches = [(len(prefix), index) for index, (_, prefixes) in enumerate(LAYERS)
+               for prefix in prefixes if module == prefix or module.startswith(prefix + ".")]
+    assert matches, f"{module} is in no layer: add it to LAYERS and docs/architecture.md"
+    return max(matches)[1]
+
+
+def test_every_import_stays_in_its_layer_or_goes_down() -> None:
+    upward = [f"{module} ({LAYERS[layer_of(module)][0]}) -> {target} "
+              f"({LAYERS[layer_of(target)][0]})"
+              for module, targets in sorted(import_graph().items()) for target in sorted(targets)
+              if layer_of(target) > layer_of(module)]
+    assert upward == []
+    assert layer_of("onp.repair.pipeline") > layer_of("agents.ppo") > layer_of("onp.graph.mask")
+
+
+def test_the_architecture_page_lists_the_layers_in_order() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    positions = [page.index(f"**{name}**") for name, _ in LAYERS]
+    assert positions == sorted(positions)
