@@ -234,10 +234,13 @@ def read_keras_file(path: Path) -> KerasFile:
                 raise ONPInputError(f"{where}: a zip file without config.json and "
                                     f"model.weights.h5, so not a .keras model")
             config = _config_json(archive.read("config.json"), f"{where}:config.json")
+            metadata = (_config_json(archive.read("metadata.json"), f"{where}:metadata.json")
+                        if "metadata.json" in names else {})
             blob = io.BytesIO(archive.read("model.weights.h5"))
         with h5py.File(blob, "r") as handle:
             weights, order = _vars_weights(handle, f"{where}:model.weights.h5")
-        return KerasFile("keras3-zip", weights, order, config, {"format": "keras"})
+        details = {key: str(metadata[key]) for key in ("keras_version",) if key in metadata}
+        return KerasFile("keras3-zip", weights, order, config, details)
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
