@@ -32,7 +32,7 @@ from onp.signal.warp import WARP_MAX_SHIFT
 # 512 steps, tried on 2026-12-02, took the mask stage to 66-78 s (from 98-146 s) and three of
 # four Fashion-MNIST seed-0 applies within issue 5's 10 minutes, but BadNets seed 0 then read
 # B' ASR 2.17 and 2.52 (1024 steps: 1.68 and 1.90), over issue 5's 2%; so 1024 stays
-# (docs/repair.md).
+# (docs/research/repair.md).
 # A given policy is applied as is (0 steps).
 DEFAULT_AGENT_TIMESTEPS = 1024
 DEFAULT_PPO = {"n_epochs": 2}
