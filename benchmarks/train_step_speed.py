@@ -5,7 +5,8 @@ the default or the channels-last layout, and glibc's ``malloc`` as is or with ``
 (mmap threshold 32 MiB, trim threshold 1 GiB). The loop is :func:`onp.training.train_classifier`
 at a round's settings (batch 64, augmentation, distillation 0.25, stamped distillation 1.0 on
 30% of the rows) with a channels-last teacher, on 3000 random images: only the time is read.
-Prints the seconds, system seconds and minor page faults. Both arms were dropped (docs/research/repair.md,
+Prints the seconds, system seconds and minor page faults. Both arms were dropped
+(docs/research/repair.md,
 "Two speed-ups tried and dropped"); channels-last training aborted in a repair test.
 
 Example::

@@ -22,7 +22,8 @@ def channels_last_copy(model: ModuleT) -> ModuleT:
 
     The same function with faster convolutions on the CPU: a 60-step universal-trigger fit of
     the Fashion-MNIST ResNet (batch 64, eval mode, input gradients only) took 4.1-5.6 s instead
-    of 4.9-7.8 s on 2 cores (``benchmarks/fit_layout_speed.py``, docs/research/repair.md). Inputs need no
+    of 4.9-7.8 s on 2 cores (``benchmarks/fit_layout_speed.py``, docs/research/repair.md). Inputs
+    need no
     conversion: a conv whose weight is channels-last returns a channels-last output, and
     ``torch.flatten`` reads the logical order whatever the layout. Saving is unaffected
     (bundles store contiguous tensors).

@@ -22,7 +22,8 @@ backdoor's channels are dormant on clean inputs); ``weight``: L1 norm of each ch
 # Chosen on the BadNets and Blended seed-0 ResNets by benchmarks/repair_settings.py with the
 # whole recipe (unlearning, distillation, refit; CA on set-aside defense images minus the judge's
 # mean, averaged over both; rule fixed before the runs): activation scored 89.5 / 86.1 (mean
-# 87.8) against weight's 88.8 / 84.1 (86.45) (docs/research/repair.md, step 12). An early session had
+# 87.8) against weight's 88.8 / 84.1 (86.45) (docs/research/repair.md, step 12). An early session
+# had
 # picked weight at 30% sparsity without unlearning (89.6% held-in CA at 0.2% proxy ASR against
 # activation's 88.9% at 1.8%). ``sfp-random`` keeps weight, the criterion of its table rows.
 DEFAULT_IMPORTANCE = "activation"

@@ -105,7 +105,8 @@ DEFAULT_BATCH_SIZE = 64  # ~35 steps per epoch on the ~2,100 fitting images of F
 IMPORTANCE_IMAGES = 512  # clean images per activation score; the ranking is stable by then
 # Trigger unlearning and distillation, chosen on the Fashion-MNIST BadNets ResNet (agent seed,
 # X = 0.2) by the held-in utility CA - proxy ASR of the kept round, the proxy read with the
-# perturbation re-fitted after the round (benchmarks/repair_settings.py, docs/research/repair.md; with the
+# perturbation re-fitted after the round (benchmarks/repair_settings.py, docs/research/repair.md;
+# with the
 # perturbation's bound at 0.1, before it was re-chosen at 0.2):
 #   unlearn 0.2, no distillation:    held-in CA 90.0%, proxy 2.4%
 #   unlearn 0.2, distillation 0.5:   held-in CA 92.2%, proxy 2.5%
@@ -118,7 +119,8 @@ DEFAULT_DISTILL_WEIGHT = 0.25
 # temperature) instead of their hard true labels. Chosen on the BadNets and Blended seed-0
 # ResNets by benchmarks/repair_settings.py (held-in CA minus the judge's mean, averaged over
 # both; rule fixed before the runs): 1.0 scored 90.1 / 87.7 (mean 88.9) against hard labels'
-# 86.5 / 83.2 (84.85); a moving average of the weights (decay 0.99) scored 78.9 (docs/research/repair.md).
+# 86.5 / 83.2 (84.85); a moving average of the weights (decay 0.99) scored 78.9
+# (docs/research/repair.md).
 DEFAULT_STAMPED_DISTILL_WEIGHT = 1.0
 CURVE_IMAGES = 1000  # held-out poisoned images per round for the true-ASR curve (plot only)
 

@@ -38,7 +38,8 @@ REFRESH_STEPS = 60
 # apply. Chosen on the BadNets and Blended seed-0 ResNets by benchmarks/repair_settings.py
 # (held-in CA minus the judge's mean, averaged over both; rule fixed before the runs: the
 # smallest batch within 1 point of 128's 88.9): 64 scored 88.4, 32 87.5; the repair took 465 s
-# at 64 and 320 s at 32 against 768 s at 128 (docs/research/repair.md). The judge of that script keeps
+# at 64 and 320 s at 32 against 768 s at 128 (docs/research/repair.md). The judge of that script
+# keeps
 # the fits' own 128 whatever this is.
 FIT_BATCH_SIZE = 64
 

@@ -20,7 +20,8 @@ from onp.signal.universal import check_images, fit_universal_trigger
 log = logging.getLogger(__name__)
 
 # Largest change per pixel. Chosen on held-in data among 0.05, 0.1 and 0.2 on the Fashion-MNIST
-# BadNets and Blended ResNets (benchmarks/repair_settings.py, docs/research/repair.md): 0.2 had the best
+# BadNets and Blended ResNets (benchmarks/repair_settings.py, docs/research/repair.md): 0.2 had the
+# best
 # held-in CA minus a judge of fresh perturbations at all three bounds, at a cost of 0.9-1.8
 # points of held-in CA against 0.1.
 PERTURBATION_EPS = 0.2
