@@ -121,7 +121,7 @@ def batch_loss(
     return rows.mean()
 
 
-def _shift_and_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def shift_and_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flip and up to 2-pixel translation, per image.
 
     Shapes:
@@ -204,7 +204,7 @@ def train_classifier(
             allowed = (augment_mask[idx] if augment_mask is not None
                        else torch.ones(len(idx), dtype=torch.bool))
             if settings.augment:
-                x = torch.where(allowed.view(-1, 1, 1, 1), _shift_and_flip(x, generator), x)
+                x = torch.where(allowed.view(-1, 1, 1, 1), shift_and_flip(x, generator), x)
             x, y, clean = x.to(device), y.to(device), allowed.to(device)
             logits = model(x)
             clean_soft = stamped_soft = None

@@ -10,11 +10,21 @@ Importing this package registers every defense; build one by name with
 | ``anp`` | Adversarial Neuron Pruning (Wu & Wang 2021) |
 | ``rnp`` | Reconstructive Neuron Pruning (Li et al. 2023) |
 | ``clp`` | Channel Lipschitzness-based Pruning (Zheng et al. 2022), data-free |
+| ``nad`` | Neural Attention Distillation (Li et al. 2021) |
 | ``random-pruning`` | a control: the same share of channels, pruned at random |
 | ``onp``, ``sfp-random`` | ONP's repair pipeline, and its sparse fine-pruning from a random mask |
 """
 
-from onp.defenses import anp, clp, fine_pruning, finetune, onp_adapter, random_pruning, rnp
+from onp.defenses import (
+    anp,
+    clp,
+    fine_pruning,
+    finetune,
+    nad,
+    onp_adapter,
+    random_pruning,
+    rnp,
+)
 from onp.defenses.base import (
     DEFENSES,
     Defense,
@@ -27,6 +37,6 @@ from onp.defenses.base import (
 
 __all__ = [
     "DEFENSES", "Defense", "DefenseUnavailable", "RepairResult", "anp", "available_defenses",
-    "build_defense", "clp", "fine_pruning", "finetune", "onp_adapter", "random_pruning",
+    "build_defense", "clp", "fine_pruning", "finetune", "nad", "onp_adapter", "random_pruning",
     "register_defense", "rnp",
 ]
