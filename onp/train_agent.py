@@ -62,12 +62,17 @@ class TrainAgentConfig:
     known_trigger: bool = field(
         default=False, metadata={"help": "use the bundle's real trigger (labelled in outputs)"})
     timesteps: int = field(default=4096, metadata={"help": "environment steps to train"})
-    budget_fraction: float = field(default=0.1, metadata={"help": "steps per episode / nodes"})
-    asr_threshold: float = field(default=0.05, metadata={"help": "proxy ASR that ends"})
-    asr_weight: float = field(default=1.0, metadata={"help": "weight of ASR in the reward"})
+    budget_fraction: float = field(default=EnvConfig.budget_fraction,
+                                   metadata={"help": "steps per episode / nodes"})
+    asr_threshold: float = field(default=EnvConfig.asr_threshold,
+                                 metadata={"help": "proxy ASR that ends"})
+    asr_weight: float = field(default=EnvConfig.asr_weight,
+                              metadata={"help": "weight of ASR in the reward"})
     max_nodes: int = field(default=0, metadata={"help": "padded node count (0 = largest)"})
-    clean_batch: int = field(default=192, metadata={"help": "clean images per score"})
-    probe_batch: int = field(default=64, metadata={"help": "probe images per score"})
+    clean_batch: int = field(default=TaskConfig.clean_batch,
+                             metadata={"help": "clean images per score"})
+    probe_batch: int = field(default=TaskConfig.probe_batch,
+                             metadata={"help": "probe images per score"})
     check_clean: int = field(default=1024, metadata={
         "help": "clean images re-checking the best masks, with the whole probe (0: off)"})
     ppo: dict = field(default_factory=dict, metadata={"help": "JSON PPOConfig overrides"})

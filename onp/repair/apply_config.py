@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from envs.pruning_env import EnvConfig
 from onp.errors import ONPInputError
 from onp.repair.detector import AUTO_RULE, DEFAULT_RULE, DEFAULT_THRESHOLD, check_rule
 from onp.repair.importance import DEFAULT_IMPORTANCE
@@ -23,6 +24,7 @@ from onp.repair.sparse import (
 from onp.repair.unlearn import FIT_BATCH_SIZE, REFRESH_STEPS
 from onp.signal.perturbation import PERTURBATION_EPS, PERTURBATION_STEPS
 from onp.signal.warp import WARP_MAX_SHIFT
+from onp.task import TaskConfig
 
 # PPO steps of a policy trained on the spot, and the PPO epochs per update (overriding
 # PPOConfig's). The update dominates the agent's time: with the earlier 64-wide policy a 256-step
@@ -105,11 +107,16 @@ class ApplyConfig:
         f"(default {DEFAULT_AGENT_TIMESTEPS})"))
     ppo: dict = field(default_factory=lambda: dict(DEFAULT_PPO),
                       metadata=_help("JSON PPOConfig overrides"))
-    budget_fraction: float = field(default=0.1, metadata=_help("agent steps / channel nodes"))
-    asr_threshold: float = field(default=0.05, metadata=_help("proxy ASR ending an episode"))
-    asr_weight: float = field(default=1.0, metadata=_help("ASR weight in the utility CA - w*ASR"))
-    clean_batch: int = field(default=192, metadata=_help("clean images per mask score"))
-    probe_batch: int = field(default=64, metadata=_help("probe images per mask score"))
+    budget_fraction: float = field(default=EnvConfig.budget_fraction,
+                                   metadata=_help("agent steps / channel nodes"))
+    asr_threshold: float = field(default=EnvConfig.asr_threshold,
+                                 metadata=_help("proxy ASR ending an episode"))
+    asr_weight: float = field(default=EnvConfig.asr_weight,
+                              metadata=_help("ASR weight in the utility CA - w*ASR"))
+    clean_batch: int = field(default=TaskConfig.clean_batch,
+                             metadata=_help("clean images per mask score"))
+    probe_batch: int = field(default=TaskConfig.probe_batch,
+                             metadata=_help("probe images per mask score"))
     # 0 keeps the seed mask the tables of issues 5 and 6 were made with: the agent's best episode
     # by the step batches alone. onp.train_agent re-checks (its default is 1024).
     mask_check_clean: int = field(default=0, metadata=_help(
