@@ -11,6 +11,7 @@ Importing this package registers every defense; build one by name with
 | ``rnp`` | Reconstructive Neuron Pruning (Li et al. 2023) |
 | ``clp`` | Channel Lipschitzness-based Pruning (Zheng et al. 2022), data-free |
 | ``nad`` | Neural Attention Distillation (Li et al. 2021) |
+| ``i-bau`` | Implicit Backdoor Adversarial Unlearning (Zeng et al. 2022) |
 | ``random-pruning`` | a control: the same share of channels, pruned at random |
 | ``onp``, ``sfp-random`` | ONP's repair pipeline, and its sparse fine-pruning from a random mask |
 """
@@ -20,6 +21,7 @@ from onp.defenses import (
     clp,
     fine_pruning,
     finetune,
+    ibau,
     nad,
     onp_adapter,
     random_pruning,
@@ -37,6 +39,6 @@ from onp.defenses.base import (
 
 __all__ = [
     "DEFENSES", "Defense", "DefenseUnavailable", "RepairResult", "anp", "available_defenses",
-    "build_defense", "clp", "fine_pruning", "finetune", "nad", "onp_adapter", "random_pruning",
-    "register_defense", "rnp",
+    "build_defense", "clp", "fine_pruning", "finetune", "ibau", "nad", "onp_adapter",
+    "random_pruning", "register_defense", "rnp",
 ]
