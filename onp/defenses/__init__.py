@@ -12,6 +12,7 @@ Importing this package registers every defense; build one by name with
 | ``clp`` | Channel Lipschitzness-based Pruning (Zheng et al. 2022), data-free |
 | ``nad`` | Neural Attention Distillation (Li et al. 2021) |
 | ``i-bau`` | Implicit Backdoor Adversarial Unlearning (Zeng et al. 2022) |
+| ``sau`` | Shared Adversarial Unlearning (Wei et al. 2023) |
 | ``random-pruning`` | a control: the same share of channels, pruned at random |
 | ``onp``, ``sfp-random`` | ONP's repair pipeline, and its sparse fine-pruning from a random mask |
 """
@@ -26,6 +27,7 @@ from onp.defenses import (
     onp_adapter,
     random_pruning,
     rnp,
+    sau,
 )
 from onp.defenses.base import (
     DEFENSES,
@@ -40,5 +42,5 @@ from onp.defenses.base import (
 __all__ = [
     "DEFENSES", "Defense", "DefenseUnavailable", "RepairResult", "anp", "available_defenses",
     "build_defense", "clp", "fine_pruning", "finetune", "ibau", "nad", "onp_adapter",
-    "random_pruning", "register_defense", "rnp",
+    "random_pruning", "register_defense", "rnp", "sau",
 ]
