@@ -21,6 +21,23 @@ DEFAULT_EVAL_BATCH = 512
 
 
 @torch.no_grad()
+def batched_logits(
+    model: nn.Module, images: torch.Tensor, batch_size: int = DEFAULT_EVAL_BATCH
+) -> torch.Tensor:
+    """Outputs of ``model`` (put in eval mode) on ``images``, a batch at a time, on the CPU.
+
+    The one batched-inference helper: predictions, reports and the detector use it.
+
+    Shapes:
+        images: ``[N, C, H, W]`` in ``[0, 1]``; returns ``[N, K]``.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model(images[i : i + batch_size].to(device)).cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
 def predict(
     model: nn.Module, images: torch.Tensor, batch_size: int = DEFAULT_EVAL_BATCH
 ) -> torch.Tensor:
@@ -29,13 +46,9 @@ def predict(
     Shapes:
         images: ``[N, C, H, W]`` in ``[0, 1]``; returns ``[N]`` int64 on the CPU.
     """
-    model.eval()
-    device = next(model.parameters()).device
-    out = [
-        model(images[i : i + batch_size].to(device)).argmax(1).cpu()
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    if len(images) == 0:
+        return torch.empty(0, dtype=torch.long)
+    return batched_logits(model, images, batch_size).argmax(1)
 
 
 def accuracy_of(predictions: torch.Tensor, labels: torch.Tensor) -> float:

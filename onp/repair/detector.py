@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from onp.errors import ONPInputError
+from onp.eval.metrics import DEFAULT_EVAL_BATCH, predict
 from onp.io import atomic_path
 from onp.models.bundle import Classifier, load_bundle, save_bundle
 
@@ -186,13 +187,9 @@ class BackdoorDetector(nn.Module):
         alarm[:, -1] = 1.0
         return torch.where(flagged[:, None], alarm, out)
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    def predict(self, images: torch.Tensor, batch_size: int = DEFAULT_EVAL_BATCH) -> torch.Tensor:
         """G's classes, ``[N_images]`` int64 in ``[0, N]``, for ``[N_images, C, H, W]`` images."""
-        self.eval()
-        parts = [self(images[i : i + batch_size]).argmax(1) for i in range(0, len(images),
-                                                                            batch_size)]
-        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+        return predict(self, images, batch_size)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready settings (what ``detector.json`` holds)."""

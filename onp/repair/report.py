@@ -20,7 +20,12 @@ from torch import nn
 
 from onp.config import config_to_dict
 from onp.data.types import ImageSet
-from onp.eval.metrics import accuracy_of, attack_success_rate, defense_effectiveness_rating
+from onp.eval.metrics import (
+    accuracy_of,
+    attack_success_rate,
+    batched_logits,
+    defense_effectiveness_rating,
+)
 from onp.graph.groups import ChannelGroups
 from onp.graph.plot import save_layer_scores_png
 from onp.io import atomic_path, write_json
@@ -45,13 +50,6 @@ PRUNING_MAP_CATEGORIES = ("kept", "pruned by the rounds", "pruned by the learned
 
 def _percent(value: float | None) -> float | None:
     return None if value is None else round(100.0 * value, 2)
-
-
-@torch.no_grad()
-def _logits(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    model.eval()
-    parts = [model(images[i : i + batch_size]).cpu() for i in range(0, len(images), batch_size)]
-    return torch.cat(parts)
 
 
 def _model_metrics(clean: tuple[torch.Tensor, torch.Tensor] | None, poisoned: torch.Tensor | None,
@@ -135,8 +133,8 @@ def model_logits(
     model: nn.Module, clean: ImageSet | None, poisoned: BackdoorProbe | None
 ) -> Logits:
     """``model``'s :data:`Logits` on ``clean`` and ``poisoned``."""
-    return (None if clean is None else _logits(model, clean.images),
-            None if poisoned is None else _logits(model, poisoned.images))
+    return (None if clean is None else batched_logits(model, clean.images),
+            None if poisoned is None else batched_logits(model, poisoned.images))
 
 
 def rule_table(
