@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from onp.config import config_from_dict
+from onp.data.splits import split_defense
 from onp.data.types import ImageSet
 from onp.eval.metrics import accuracy_of, predict
 from onp.graph.groups import trace_groups
@@ -45,7 +46,7 @@ from onp.repair.pipeline import ApplyConfig, load_inputs, suspected_triggers
 from onp.repair.sparse import prune_and_regrow
 from onp.signal.config import SignalConfig
 from onp.signal.perturbation import PERTURBATION_STEPS, stamp_perturbation, universal_perturbation
-from onp.signal.probe import SignalResult, estimate_probe, proxy_asr, split_defense
+from onp.signal.probe import SignalResult, estimate_probe, proxy_asr
 
 log = logging.getLogger("repair_settings")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from onp.attacks import AttackConfig, build_attack, make_poisoned_test_set
+from onp.attacks.built import attack_from_description
 from onp.data.registry import load_train_test
 from onp.data.splits import make_splits
 from onp.eval.metrics import accuracy_of, attack_success_rate, predict
@@ -25,7 +26,6 @@ from onp.models.bundle import load_bundle
 from onp.seeding import seed_everything
 from onp.signal import (
     SignalConfig,
-    attack_from_description,
     estimate_probe,
     known_trigger_probe,
     proxy_asr,

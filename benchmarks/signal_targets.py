@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
+from onp.data.splits import split_defense
 from onp.io import write_json
 from onp.signal import SignalConfig, identify_target
 from onp.signal.candidates import arbitrate_target
-from onp.signal.probe import split_defense
 from onp.subjects import load_subject
 
 COLUMNS = ("model", "seed", "true target", "named", "rule", "step", "clean accuracy then",

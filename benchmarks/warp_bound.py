@@ -17,11 +17,11 @@ import argparse
 import logging
 from pathlib import Path
 
+from onp.data.splits import split_defense
 from onp.eval.metrics import predict
 from onp.io import write_json
 from onp.signal import SignalConfig, identify_target
 from onp.signal.perturbation import PERTURBATION_STEPS
-from onp.signal.probe import split_defense
 from onp.signal.warp import stamp_warp, universal_warp
 from onp.subjects import load_subject
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
+from onp.attacks.built import attack_from_description
 from onp.attacks.poison import PoisonedTestSet, make_poisoned_test_set
 from onp.data.registry import load_train_test
 from onp.data.splits import DataSplits, make_splits
@@ -23,7 +24,7 @@ from onp.errors import ONPInputError
 from onp.eval.metrics import BackdoorMetrics, evaluate_backdoor
 from onp.models.bundle import Classifier
 from onp.models.loading import load_model
-from onp.signal.probe import BackdoorProbe, attack_from_description
+from onp.signal.probe import BackdoorProbe
 
 log = logging.getLogger(__name__)
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from onp.attacks.base import ImageShape, Trigger, build_trigger, check_image_shape
+from onp.attacks.base import (
+    ImageShape,
+    Trigger,
+    build_trigger,
+    check_image_shape,
+    trigger_from_description,
+)
 from onp.attacks.config import MULTI_ATTACK, NO_ATTACK, AttackConfig
 from onp.attacks.triggers import MultiTrigger
 from onp.errors import ONPInputError
@@ -139,3 +146,26 @@ def build_attack(config: AttackConfig, image_shape: ImageShape) -> Attack:
         return Attack(config, shape, triggers, tuple(t for _, _, t in config.multi))
     trigger = build_trigger(config.kind, shape, seed=config.seed, **config.trigger_options)
     return Attack(config, shape, (trigger,), (config.target,))
+
+
+def attack_from_description(description: Mapping[str, Any]) -> Attack:
+    """Rebuild an :class:`Attack` from :meth:`Attack.describe` (a bundle spec's ``attack``).
+
+    Raises:
+        ONPInputError: If keys are missing or a trigger description is invalid.
+    """
+    try:
+        config = AttackConfig.from_dict(dict(description["config"]))
+        triggers = tuple(trigger_from_description(t) for t in description["triggers"])
+        targets = tuple(int(t) for t in description["targets"])
+        shape = check_image_shape(description["image_shape"])
+    except (KeyError, TypeError) as error:
+        raise ONPInputError(
+            "attack description: expected the keys config, image_shape, triggers and targets of "
+            f"Attack.describe(), found {sorted(description)} ({error!r})"
+        ) from error
+    if len(triggers) != len(targets):
+        raise ONPInputError(
+            f"attack description: {len(triggers)} triggers but {len(targets)} targets"
+        )
+    return Attack(config, shape, triggers, targets)

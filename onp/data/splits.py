@@ -225,3 +225,25 @@ def subsample(images: ImageSet, n: int, seed: int = 0, stratified: bool = True) 
         return images.subset(torch.arange(n))
     rng = _rng(seed, _SUBSAMPLE_STREAM)
     return images.subset(choose(images.labels, n, images.meta.num_classes, rng, stratified))
+
+
+def split_defense(
+    defense: ImageSet, held_in_fraction: float, seed: int = 0
+) -> tuple[ImageSet, ImageSet]:
+    """Split ``defense`` class by class into a fitting part and a held-in part.
+
+    Args:
+        defense: Clean labelled images.
+        held_in_fraction: Share of each class that goes to the held-in part, in ``(0, 1)``.
+        seed: Seeds the draw (default: ``0``).
+
+    Returns:
+        ``(fit, held_in)``, disjoint, in the original order.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    held = torch.zeros(len(defense), dtype=torch.bool)
+    for label in torch.unique(defense.labels):
+        positions = (defense.labels == label).nonzero().flatten()
+        count = int(round(held_in_fraction * positions.numel()))
+        held[positions[torch.randperm(positions.numel(), generator=generator)[:count]]] = True
+    return defense.subset(~held), defense.subset(held)

@@ -20,13 +20,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from onp.data.splits import split_defense
 from onp.data.types import ImageSet
 from onp.defenses import defaults
 from onp.errors import ONPInputError
 from onp.eval.metrics import accuracy_of, predict
 from onp.graph.groups import ChannelGroup, ChannelGroups
 from onp.graph.mask import ChannelMask, full_mask
-from onp.signal.probe import split_defense
 from onp.training import TrainSettings, train_classifier
 
 log = logging.getLogger(__name__)

@@ -34,8 +34,10 @@ from torch import nn
 
 from agents.ppo import PPOConfig, best_mask, learn, read_policy_spec
 from envs.pruning_env import ChannelPruningEnv, EnvConfig
+from onp.attacks.built import attack_from_description
 from onp.config import config_from_dict, config_to_dict
 from onp.data.registry import load_dataset
+from onp.data.splits import split_defense
 from onp.data.types import ImageSet
 from onp.errors import ONPInputError
 from onp.eval.metrics import accuracy_of, predict
@@ -75,12 +77,10 @@ from onp.signal.config import SignalConfig
 from onp.signal.probe import (
     BackdoorProbe,
     SignalResult,
-    attack_from_description,
     estimate_probe,
     known_trigger_probe,
     poisoned_probe,
     proxy_asr,
-    split_defense,
 )
 from onp.subjects import load_subject
 from onp.task import PruningTask, TaskConfig, build_task

@@ -18,13 +18,11 @@ from onp.signal.probe import (
     UNKNOWN_LABEL,
     BackdoorProbe,
     SignalResult,
-    attack_from_description,
     concat_probes,
     estimate_probe,
     known_trigger_probe,
     poisoned_probe,
     proxy_asr,
-    split_defense,
 )
 from onp.signal.synthesis import SynthesizedTrigger, synthesize_trigger
 from onp.signal.target import (
@@ -46,7 +44,6 @@ __all__ = [
     "TargetEstimate",
     "UnlearnCheckpoint",
     "anomaly_index",
-    "attack_from_description",
     "collapse_shares",
     "concat_probes",
     "estimate_probe",
@@ -54,7 +51,6 @@ __all__ = [
     "known_trigger_probe",
     "poisoned_probe",
     "proxy_asr",
-    "split_defense",
     "stamp_perturbation",
     "synthesize_trigger",
     "universal_perturbation",

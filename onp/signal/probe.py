@@ -20,10 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from onp.attacks.base import check_image_shape, trigger_from_description
-from onp.attacks.built import Attack
-from onp.attacks.config import AttackConfig
+from onp.attacks.built import Attack, attack_from_description
 from onp.config import config_to_dict
+from onp.data.splits import split_defense
 from onp.data.types import ImageSet
 from onp.errors import ONPInputError
 from onp.eval.metrics import DEFAULT_EVAL_BATCH, attack_success_rate, predict
@@ -143,29 +142,6 @@ def proxy_asr(
     return probe.asr_of(predictions)
 
 
-def attack_from_description(description: Mapping[str, Any]) -> Attack:
-    """Rebuild an :class:`Attack` from :meth:`Attack.describe` (a bundle spec's ``attack``).
-
-    Raises:
-        ONPInputError: If keys are missing or a trigger description is invalid.
-    """
-    try:
-        config = AttackConfig.from_dict(dict(description["config"]))
-        triggers = tuple(trigger_from_description(t) for t in description["triggers"])
-        targets = tuple(int(t) for t in description["targets"])
-        shape = check_image_shape(description["image_shape"])
-    except (KeyError, TypeError) as error:
-        raise ONPInputError(
-            "attack description: expected the keys config, image_shape, triggers and targets of "
-            f"Attack.describe(), found {sorted(description)} ({error!r})"
-        ) from error
-    if len(triggers) != len(targets):
-        raise ONPInputError(
-            f"attack description: {len(triggers)} triggers but {len(targets)} targets"
-        )
-    return Attack(config, shape, triggers, targets)
-
-
 def _capped(count: int, limit: int | None, generator: torch.Generator) -> torch.Tensor:
     """Sorted random positions of at most ``limit`` of ``count`` items (all without a limit)."""
     if limit is None or limit >= count:
@@ -278,28 +254,6 @@ class SignalResult:
             "seconds": round(self.seconds, 1), "config": config_to_dict(self.config),
             "seed": self.seed, "reaches": [asdict(r) for r in self.reaches],
         }
-
-
-def split_defense(
-    defense: ImageSet, held_in_fraction: float, seed: int = 0
-) -> tuple[ImageSet, ImageSet]:
-    """Split ``defense`` class by class into a fitting part and a held-in part.
-
-    Args:
-        defense: Clean labelled images.
-        held_in_fraction: Share of each class that goes to the held-in part, in ``(0, 1)``.
-        seed: Seeds the draw (default: ``0``).
-
-    Returns:
-        ``(fit, held_in)``, disjoint, in the original order.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    held = torch.zeros(len(defense), dtype=torch.bool)
-    for label in torch.unique(defense.labels):
-        positions = (defense.labels == label).nonzero().flatten()
-        count = int(round(held_in_fraction * positions.numel()))
-        held[positions[torch.randperm(positions.numel(), generator=generator)[:count]]] = True
-    return defense.subset(~held), defense.subset(held)
 
 
 def estimate_probe(

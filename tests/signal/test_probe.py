@@ -5,6 +5,7 @@ import torch
 
 from onp.attacks import AttackConfig, build_attack
 from onp.config import config_from_dict
+from onp.data.splits import split_defense
 from onp.errors import ONPInputError
 from onp.signal import (
     KNOWN_TRIGGER,
@@ -16,7 +17,6 @@ from onp.signal import (
     known_trigger_probe,
     poisoned_probe,
     proxy_asr,
-    split_defense,
 )
 
 
