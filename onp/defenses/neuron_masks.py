@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -46,7 +45,7 @@ from onp.data.types import ImageSet
 from onp.defenses import defaults
 from onp.defenses.common import ScanResult, held_in_accuracy, largest_within_drop
 from onp.errors import ONPInputError
-from onp.graph.groups import PRUNABLE_TYPES, ChannelGroups
+from onp.graph.groups import PRUNABLE_TYPES, ChannelGroups, dependency_graph
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +65,10 @@ def batchnorm_pairs(model: nn.Module, input_shape: tuple[int, int, int]) -> dict
     Returns:
         ``{layer name: BatchNorm name}``.
     """
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():  # Torch-Pruning traces through autograd
-            graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=torch.zeros(1, *input_shape, device=device), verbose=False
-            )
+        graph = dependency_graph(model, input_shape)
     finally:
         model.train(was_training)
     names = {module: name for name, module in model.named_modules()}

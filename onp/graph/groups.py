@@ -178,10 +178,7 @@ def trace_groups(
         if head not in modules:
             raise ONPInputError(f"output_layer {head!r} is not a module of the model")
         try:
-            with torch.enable_grad():  # Torch-Pruning traces through autograd
-                graph = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=example, verbose=False
-                )
+            graph = dependency_graph(model, input_shape)
             raw_groups = list(graph.get_all_groups(
                 ignored_layers=[modules[head]], root_module_types=PRUNABLE_TYPES
             ))
@@ -204,6 +201,18 @@ def trace_groups(
     log.info("traced %d channel groups (%d coupled)", len(groups), sum(g.coupled for g in groups))
     channels, height, width = input_shape
     return ChannelGroups(tuple(groups), head, (channels, height, width))
+
+
+def dependency_graph(model: nn.Module, input_shape: tuple[int, int, int]) -> tp.DependencyGraph:
+    """Torch-Pruning's traced dependency graph of ``model`` (the one place ONP traces it).
+
+    Traced through autograd on one zero image on the model's device; the model's mode is left
+    to the caller.
+    """
+    example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+    with torch.enable_grad():  # Torch-Pruning traces through autograd
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                     verbose=False)
 
 
 def _group_from_deps(

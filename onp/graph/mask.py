@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from onp.errors import ONPInputError
-from onp.graph.groups import PRUNABLE_TYPES, ChannelGroups
+from onp.graph.groups import PRUNABLE_TYPES, ChannelGroups, dependency_graph
 
 ChannelMask = torch.Tensor
 """``[num_nodes]`` bool, ``True`` for a kept channel."""
@@ -140,12 +140,7 @@ def prune_physically(
         if not keep.any():
             keep_one[groups.node(group.index, 0)] = True
     bake_mask(small, groups, mask)
-    device = next(small.parameters()).device
-    with torch.enable_grad():  # Torch-Pruning traces through autograd
-        graph = tp.DependencyGraph().build_dependency(
-            small, example_inputs=torch.zeros(1, *groups.input_shape, device=device),
-            verbose=False,
-        )
+    graph = dependency_graph(small, groups.input_shape)  # the copy's own modules
     modules = dict(small.named_modules())
     for group, keep in zip(groups.groups, groups.split(keep_one), strict=True):
         pruned = torch.nonzero(~keep).flatten().tolist()
