@@ -21,7 +21,7 @@ import torch
 import onp.signal.universal as universal
 from onp.models.bundle import load_bundle
 from onp.models.layout import channels_last_copy
-from onp.repair.unlearn import fit_universal
+from onp.signal.fitted import fit_universal
 
 BOUNDS = {"perturbation": 0.2, "warp": 0.5}  # the apply defaults' eps and warp shift
 LAYOUTS = {"default": copy.deepcopy, "channels_last": channels_last_copy}

@@ -21,7 +21,8 @@ from onp.repair.sparse import (
     PROTECT_ALWAYS,
     SparseConfig,
 )
-from onp.repair.unlearn import FIT_BATCH_SIZE, REFRESH_STEPS
+from onp.repair.unlearn import REFRESH_STEPS
+from onp.signal.fitted import FIT_BATCH_SIZE
 from onp.signal.perturbation import PERTURBATION_EPS, PERTURBATION_STEPS
 from onp.signal.warp import WARP_MAX_SHIFT
 from onp.task import TaskConfig

@@ -66,14 +66,10 @@ from onp.repair.report import (
 )
 from onp.repair.sparse import SparseResult, mask_only, prune_and_regrow
 from onp.repair.stages import ApplyInputs, MaskChoice, ProbeStage
-from onp.repair.unlearn import (
-    KnownTriggerStamp,
-    SuspectedTriggers,
-    UniversalTrigger,
-    fit_universal,
-)
+from onp.repair.unlearn import KnownTriggerStamp, SuspectedTriggers
 from onp.seeding import seed_everything
 from onp.signal.config import SignalConfig
+from onp.signal.fitted import UniversalTrigger, fit_universal
 from onp.signal.probe import (
     BackdoorProbe,
     SignalResult,

@@ -12,13 +12,8 @@ from onp.errors import ONPInputError
 from onp.eval.metrics import predict
 from onp.graph.mask import full_mask
 from onp.repair.sparse import SparseConfig, prune_and_regrow, round_training_set
-from onp.repair.unlearn import (
-    FIT_BATCH_SIZE,
-    KnownTriggerStamp,
-    SuspectedTriggers,
-    UniversalTrigger,
-    fit_universal,
-)
+from onp.repair.unlearn import KnownTriggerStamp, SuspectedTriggers
+from onp.signal.fitted import FIT_BATCH_SIZE, UniversalTrigger, fit_universal
 from onp.signal.perturbation import stamp_perturbation, universal_perturbation
 from onp.signal.probe import SYNTHESIZED, BackdoorProbe
 from onp.signal.warp import stamp_warp
