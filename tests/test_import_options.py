@@ -120,3 +120,20 @@ def test_an_attack_record_onp_cannot_rebuild_does_not_block_the_repair(infected_
     subject = load_subject(bundle, "npz", str(tiny_data))
     assert subject.test_poisoned is None
     assert "attack kind 'my-own-trigger' is unknown" in (subject.attack_note or "")
+
+
+def test_an_onnx_export_of_the_infected_model_is_repaired_end_to_end(infected_run, tiny_data,
+                                                                      tmp_path):
+    infected = load_bundle(infected_run / "model")
+    path = tmp_path / "infected.onnx"
+    torch.onnx.export(infected.net.eval(), (torch.rand(2, *infected.spec.input_shape),),
+                      str(path), dynamo=False, input_names=["image"],
+                      dynamic_axes={"image": {0: "batch"}})
+    train = np.load(tiny_data / "train.npz")
+    np.savez(tmp_path / "defense.npz", x=train["x"][:200], y=train["y"][:200])
+    out = tmp_path / "apply"
+    assert apply_main(["--model", str(path), "--data", str(tmp_path / "defense.npz")]
+                      + _tiny(out, "--mode", "prune-only")) == 0
+    repaired = load_bundle(out / "repaired")
+    assert repaired.spec.architecture == "layer_graph"
+    assert json.loads((out / "report.json").read_text())["mode"] == "prune-only"
