@@ -2,7 +2,7 @@
 
 The environment (``envs/``) sees a task only through :meth:`PruningTask.score`, so it holds no
 model code. Clean accuracy and the proxy ASR are measured on small fixed batches of the defense
-data (issue 3: "evaluate on fixed small batches"); the true ASR is measured only when an
+data (fixed small batches, for speed); the true ASR is measured only when an
 evaluation set is attached, for logging, and never enters the reward outside known-trigger mode
 (where the probe itself carries the real trigger and is labelled so).
 
@@ -129,7 +129,7 @@ class PruningTask:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """Sizes of the fixed batches a task scores masks on (issue 3: small, fixed batches).
+    """Sizes of the fixed batches a task scores masks on (small and fixed, for speed).
 
     Attributes:
         clean_batch: Clean defense images for clean accuracy.

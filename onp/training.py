@@ -89,9 +89,8 @@ def batch_loss(
 
     A clean row's loss is ``(1 - a) * CE + a * KD`` towards ``clean_soft``, a stamped row's
     ``(1 - b) * CE + b * KD`` towards ``stamped_soft`` (``a``, ``b``: ``settings``'
-    ``distill_weight`` and ``stamped_distill_weight``). Each weight mixes its own rows only:
-    until 2026-12-02 ``a`` also scaled the stamped rows' loss by ``1 - a``, so ``a = 1``
-    switched trigger unlearning off.
+    ``distill_weight`` and ``stamped_distill_weight``). Each weight mixes its own rows only,
+    so ``a = 1`` leaves trigger unlearning on.
 
     Args:
         logits: The model's outputs.

@@ -58,7 +58,7 @@ PUBLISHED_RECIPE = {"unlearn_fraction": 0.0, "distill_weight": 0.0, "refit": Fal
 """ApplyConfig values that turn ONP's additions (trigger unlearning, distillation from B, the
 refit on held-in images) off, leaving the published sparse fine-pruning recipe; ``sfp-random``
 starts from these. Channels stay scored by weight norms, the criterion its table rows were made
-with (ONP's default became clean activations in issue 5's step 12)."""
+with (ONP's default scores clean activations; docs/research/repair.md)."""
 
 
 @dataclass(frozen=True)

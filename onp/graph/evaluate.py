@@ -3,7 +3,7 @@
 An environment step prunes a few channels and asks for the model's outputs on the same small
 batch again. Everything computed before the first layer the change touches is the same as last
 time, so :class:`CachedMaskedForward` keeps every intermediate value of the last run (a
-``torch.fx`` trace of the model) and recomputes only from that layer on (issue 3, "speed").
+``torch.fx`` trace of the model) and recomputes only from that layer on.
 """
 
 from __future__ import annotations

@@ -28,15 +28,8 @@ from onp.signal.warp import WARP_MAX_SHIFT
 from onp.task import TaskConfig
 
 # PPO steps of a policy trained on the spot, and the PPO epochs per update (overriding
-# PPOConfig's). The update dominates the agent's time: with the earlier 64-wide policy a 256-step
-# rollout took ~17 s and its 4-epoch update ~2 min on a busy 2-core machine. With 2 epochs and
-# 1024 steps (~30 episodes) the mask stage took 2.3 min of a 5.7-min apply on the Fashion-MNIST
-# BadNets ResNet, and the kept mask brought the held-in proxy ASR from 93% to 5% (4 channels).
-# 512 steps, tried on 2026-12-02, took the mask stage to 66-78 s (from 98-146 s) and three of
-# four Fashion-MNIST seed-0 applies within issue 5's 10 minutes, but BadNets seed 0 then read
-# B' ASR 2.17 and 2.52 (1024 steps: 1.68 and 1.90), over issue 5's 2%; so 1024 stays
-# (docs/research/repair.md).
-# A given policy is applied as is (0 steps).
+# PPOConfig's); a given policy is applied as is (0 steps). How these were chosen (512 steps was
+# faster but left more ASR) is in docs/research/repair.md.
 DEFAULT_AGENT_TIMESTEPS = 1024
 DEFAULT_PPO = {"n_epochs": 2}
 SHIPPED, NO_POLICY = "shipped", "none"

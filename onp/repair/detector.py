@@ -38,7 +38,7 @@ DEFAULT_RULE = "disagree"
 AUTO_RULE = "auto"
 """``onp.apply``'s ``--detector-rule auto``: :func:`choose_rule` on held-in defense data."""
 # auto: the rule with the best held-in clean accuracy among those that flag or answer the true
-# class for at least this share (%) of the held-in probe's triggered images (issue 5's bar).
+# class for at least this share (%) of the held-in probe's triggered images.
 AUTO_MIN_FLAGGED_OR_TRUE = 98.0
 # For "reject": B' must give B's class less than this probability to raise an alarm. The largest
 # bound whose false alarms on held-in clean defense images stayed at or below 1% on the

@@ -1,4 +1,4 @@
-"""Sparse prune-and-regrow fine-tuning, seeded by a learned pruning mask (issue 5).
+"""Sparse prune-and-regrow fine-tuning, seeded by a learned pruning mask.
 
 Each round builds its mask from scratch and trains one epoch under it:
 
