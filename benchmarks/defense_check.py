@@ -2,6 +2,7 @@
 
     python benchmarks/defense_check.py --defense nad --models runs/table-models/badnets-s10/model \
         --out docs/results/defense-check
+    python benchmarks/defense_check.py --table docs/results/defense-check   # table.md from the JSONs
 
 Writes ``OUT/<defense>-<model>.json`` (the held-out metrics of B and of the repaired model, the
 defense's record of its choices, the wall time). The defense sees only the bundle's defense
@@ -22,14 +23,35 @@ from onp.seeding import seed_everything
 from onp.subjects import load_subject
 
 
+def write_table(folder: Path) -> str:
+    """``folder/table.md``: one row per result file in ``folder``."""
+    lines = ["| defense | model | B CA / ASR % | after CA / ASR % | DER % | seconds |",
+             "|---|---|---|---|---|---|"]
+    for path in sorted(folder.glob("*.json")):
+        row = json.loads(path.read_text())
+        before, after = row["before"], row["after"]
+        lines.append(f"| {row['defense']['name']} | {Path(row['model']).parent.name} | "
+                     f"{before['CA']} / {before['ASR']} | {after['CA']} / {after['ASR']} | "
+                     f"{row['DER']} | {row['seconds']} |")
+    text = "\n".join(lines) + "\n"
+    (folder / "table.md").write_text(text)
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--defense", required=True)
-    parser.add_argument("--models", nargs="+", required=True, type=Path)
+    parser.add_argument("--table", type=Path, help="only write FOLDER/table.md from its JSONs")
+    parser.add_argument("--defense")
+    parser.add_argument("--models", nargs="+", type=Path)
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.table is not None:
+        print(write_table(args.table), end="")
+        return
+    if not args.defense or not args.models or args.out is None:
+        parser.error("--defense, --models and --out are needed (or --table FOLDER)")
     args.out.mkdir(parents=True, exist_ok=True)
     for path in args.models:
         seed_everything(args.seed)
