@@ -2,7 +2,7 @@
 
     python benchmarks/defense_check.py --defense nad --models runs/table-models/badnets-s10/model \
         --out docs/results/defense-check
-    python benchmarks/defense_check.py --table docs/results/defense-check   # table.md from the JSONs
+    python benchmarks/defense_check.py --table docs/results/defense-check  # table.md from JSONs
 
 Writes ``OUT/<defense>-<model>.json`` (the held-out metrics of B and of the repaired model, the
 defense's record of its choices, the wall time). The defense sees only the bundle's defense
