@@ -223,13 +223,15 @@ def table(work: Path, out: Path) -> None:
         if report_path.is_file():
             report = json.loads(report_path.read_text())
             record |= {"apply": {key: report[key] for key in ("test", "seconds", "mask")
-                                 if key in report}}
+                                 if key in report},
+                       "suspected_targets": report.get("signal", {}).get("target", {}).get(
+                           "targets")}
         rows.append(record)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["| model | layout | Keras CA / ASR % | max softmax diff | same argmax | groups / "
-             "nodes | B CA / ASR % | B' CA / ASR % | DER | apply s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "nodes | target / suspected | B CA / ASR % | B' CA / ASR % | DER | apply s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         check_row, apply = row["import"], row.get("apply", {})
         test = apply.get("test", {})
@@ -238,7 +240,8 @@ def table(work: Path, out: Path) -> None:
             f"| {row['model']} | {check_row['layout']} | {100 * row['keras_test_CA']:.1f} / "
             f"{100 * row['keras_test_ASR']:.1f} | {check_row['max_abs_softmax_diff']:.1e} | "
             f"{check_row['same_argmax']} | {check_row['channel_groups']} / "
-            f"{check_row['channel_nodes']} | {b.get('CA', '–')} / {b.get('ASR', '–')} | "
+            f"{check_row['channel_nodes']} | {row['target']} / {row.get('suspected_targets')} | "
+            f"{b.get('CA', '–')} / {b.get('ASR', '–')} | "
             f"{repaired.get('CA', '–')} / {repaired.get('ASR', '–')} | {test.get('DER', '–')} | "
             f"{apply.get('seconds', {}).get('total', '–')} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
