@@ -139,6 +139,8 @@ CASES: list[tuple[str, str, list[str], str]] = [
                                            "{out}"], "wrong_shape_bundle"),
     ("apply-keras-damaged", "apply", ["--model", "{damaged_h5}", "--data", "{h5}", "--out",
                                       "{out}"], "damaged.h5"),
+    ("apply-data-missing", "apply", ["--model", "{model}", "--data", "{missing}.h5", "--out",
+                                     "{out}"], "missing.h5: no such file"),
     ("apply-model-is-code", "apply", [*APPLY, "--model", "{pickle}", "--out", "{out}"],
      "carries code"),
     ("apply-model-is-text", "apply", [*APPLY, "--model", "{text}", "--out", "{out}"],

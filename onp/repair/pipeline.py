@@ -120,6 +120,8 @@ def load_array_file(path: str, num_classes: int, what: str, scale: float | None 
     kind = DATA_FORMATS.get(Path(path).suffix.lower())
     if kind is None:
         raise ONPInputError(f"{path}: {what} must be an HDF5 (.h5, .hdf5) or .npz file")
+    if not Path(path).is_file():
+        raise ONPInputError(f"{what} {path}: no such file")
     return load_dataset(kind, path, "train", num_classes=num_classes, scale=scale)
 
 
