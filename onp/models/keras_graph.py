@@ -31,7 +31,15 @@ import numpy as np
 import torch
 
 from onp.errors import ONPInputError
-from onp.models.layer_graph import INPUT, Node, Shape, module_name, output_shape, same_padding
+from onp.models.layer_graph import (
+    INPUT,
+    Node,
+    Shape,
+    module_name,
+    output_shape,
+    same_padding,
+    strip_final_softmax,
+)
 
 StateDict = dict[str, torch.Tensor]
 Weights = dict[str, np.ndarray]
@@ -251,17 +259,16 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
-def _sizes(value: Any, count: int = 2) -> list[int]:
-    values = [int(v) for v in (value if isinstance(value, list | tuple) else [value] * count)]
-    return values
+def _sizes(value: Any) -> list[int]:
+    """Keras's ``3`` or ``[3, 3]`` as ``[3, 3]``."""
+    return [int(v) for v in (value if isinstance(value, list | tuple) else [value, value])]
 
 
 class _Translator:
     """Walks the layers in order, emitting nodes and torch weights."""
 
-    def __init__(self, architecture: KerasArchitecture, weights: Mapping[str, Weights],
-                 input_shape: Shape, where: str) -> None:
-        self.architecture, self.weights, self.where = architecture, weights, where
+    def __init__(self, weights: Mapping[str, Weights], input_shape: Shape, where: str) -> None:
+        self.weights, self.where = weights, where
         self.nodes: list[Node] = []
         self.state: StateDict = {}
         self.taken: set[str] = set()
@@ -597,7 +604,7 @@ def translate(architecture: KerasArchitecture, weights: Mapping[str, Weights],
     if len(architecture.outputs) != 1:
         raise ONPInputError(f"{where}: expected one output, the model has "
                             f"{architecture.outputs}")
-    translator = _Translator(architecture, weights, input_shape, where)
+    translator = _Translator(weights, input_shape, where)
     preprocessing, folded = _fold_preprocessing(architecture, weights, input_shape[0], where)
     for layer in architecture.layers:
         if layer.class_name == "InputLayer" or layer.name in folded:
@@ -606,21 +613,14 @@ def translate(architecture: KerasArchitecture, weights: Mapping[str, Weights],
         if layer.class_name in PREPROCESSING_LAYERS:
             raise translator.error(layer, "a preprocessing layer is supported only at the input")
         translator.tensor[layer.name] = translator.translate(layer)
-    output = translator.tensor[architecture.outputs[0]]
-    nodes = translator.nodes
-    final_activation = None
-    last = next((node for node in nodes if node["name"] == output), None)
-    used = {name for node in nodes for name in node["inputs"]}
-    if (last is not None and last["op"] == "activation" and last["function"] == "softmax"
-            and output not in used):
-        final_activation, output = "softmax", last["inputs"][0]
-        nodes = [node for node in nodes if node is not last]
+    if architecture.outputs[0] not in translator.tensor:
+        raise ONPInputError(f"{where}: output layer {architecture.outputs[0]!r} is not in the "
+                            f"layer list")
+    nodes, output, final_activation = strip_final_softmax(
+        translator.nodes, translator.tensor[architecture.outputs[0]])
     shape = translator.shape[output]
     if len(shape) != 1:
         raise ONPInputError(f"{where}: the model's output has shape {shape}, expected class "
                             f"scores [batch, classes]")
-    unused = [name for name in architecture.outputs if name not in translator.tensor]
-    if unused:
-        raise ONPInputError(f"{where}: output layers {unused} are not in the layer list")
     return KerasTranslation(nodes, output, translator.state, input_shape, shape[0],
                             final_activation, preprocessing)

@@ -32,7 +32,7 @@ import json
 import logging
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +79,10 @@ class KerasLayer:
     Attributes:
         name: Layer name in the file.
         weights: Arrays by role (``"kernel"``, ``"bias"``, ...), as stored (channels-last).
-        config: The layer's entry in ``model_config`` (empty when the file has none).
     """
 
     name: str
     weights: dict[str, np.ndarray]
-    config: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
         """``name (role shape, ...)`` for error messages."""
@@ -247,10 +245,6 @@ def read_keras_file(path: Path) -> KerasFile:
         raise ONPInputError(f"{where}: not an HDF5 file ({error})") from None
     with handle:
         return _read_h5(handle, where)
-
-
-def _layer_name(entry: dict[str, Any]) -> str:
-    return str(entry.get("name") or entry.get("config", {}).get("name", ""))
 
 
 # ---------------------------------------------------------------- recognising DeepID

@@ -108,7 +108,8 @@ def _spatial_shape(node: Mapping[str, Any], shape: Shape) -> Shape:
     if op == "pad":
         return channels, height + top + bottom, width + left + right
     kh, kw = _pair(node["kernel_size"])
-    sh, sw = _pair(node.get("stride", node["kernel_size"]))
+    # as the modules read them: a conv steps by 1, a pooling window by its size
+    sh, sw = _pair(node.get("stride", 1 if op == "conv2d" else node["kernel_size"]))
     dh, dw = _pair(node.get("dilation", (1, 1)))
     if op == "conv2d":
         if channels != node["in_channels"]:
@@ -193,6 +194,21 @@ def infer_shapes(nodes: Sequence[Node], input_shape: Shape) -> dict[str, Shape]:
             raise ONPInputError(f"layer {name!r}: inputs {missing} are not defined before it")
         shapes[name] = output_shape(node, [shapes[i] for i in inputs])
     return shapes
+
+
+def strip_final_softmax(nodes: Sequence[Node], output: str) -> tuple[list[Node], str, str | None]:
+    """Leave out a softmax that ends the network, so that it gives logits.
+
+    Returns:
+        The nodes, the new output and ``"softmax"`` when one was left out (else the nodes as
+        they were, ``output`` and ``None``). A softmax another node reads is kept.
+    """
+    last = next((node for node in nodes if node["name"] == output), None)
+    read = {name for node in nodes for name in node["inputs"]}
+    if (last is None or last["op"] != "activation" or last["function"] != "softmax"
+            or output in read):
+        return list(nodes), output, None
+    return [node for node in nodes if node is not last], last["inputs"][0], "softmax"
 
 
 def _build_module(node: Node, shape: Shape) -> nn.Module:

@@ -38,7 +38,16 @@ from onp.models.importers import (
     resolve_spec,
     source_provenance,
 )
-from onp.models.layer_graph import INPUT, Node, Shape, module_name, output_shape, same_padding
+from onp.models.layer_graph import (
+    INPUT,
+    Node,
+    Shape,
+    infer_shapes,
+    module_name,
+    output_shape,
+    same_padding,
+    strip_final_softmax,
+)
 from onp.models.zoo import LAYER_GRAPH, canonical_name
 
 logger = logging.getLogger(__name__)
@@ -400,11 +409,8 @@ def import_onnx(path: str | Path, options: ImportOptions | None = None) -> Class
         raise ONPInputError(f"{where}: expected one output, found "
                             f"{[item.name for item in graph.output]}")
     result = translator.tensor(graph.node[-1], graph.output[0].name)
-    nodes, output, final = translator.nodes, result.node, None
-    last = next(node for node in nodes if node["name"] == output) if nodes else None
-    if last is not None and last["op"] == "activation" and last["function"] == "softmax":
-        nodes, output, final = [n for n in nodes if n is not last], last["inputs"][0], "softmax"
-    out_shape = _shape_of(translator, output)
+    nodes, output, final = strip_final_softmax(translator.nodes, result.node)
+    out_shape = infer_shapes(nodes, input_shape)[output]
     if len(out_shape) != 1:
         raise ONPInputError(f"{where}: the model's output has shape {out_shape}, expected class "
                             f"scores [batch, classes]")
@@ -420,9 +426,3 @@ def import_onnx(path: str | Path, options: ImportOptions | None = None) -> Class
     spec = resolve_spec(merged, translator.state, where, provenance)
     return build_classifier(spec, translator.state, where)
 
-
-def _shape_of(translator: _Translator, node_name: str) -> Shape:
-    for tensor in translator.tensors.values():
-        if tensor.node == node_name:
-            return tensor.shape
-    raise ONPInputError(f"{translator.where}: output node {node_name!r} has no shape")

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from onp.errors import ONPInputError
+from onp.models.layer_graph import infer_shapes, strip_final_softmax
 from onp.models.layout import channels_last_copy
 from onp.models.zoo import available_architectures, build_architecture, canonical_name
 
@@ -92,3 +93,25 @@ def test_channels_last_copy_computes_the_same_function(name):
     assert all(p.is_contiguous() for p in model.parameters())  # the original is left alone
     x = torch.rand(3, *SHAPES[name])
     torch.testing.assert_close(copy(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_conv_node_without_a_stride_steps_by_one_in_shape_and_module() -> None:
+    nodes = [{"name": "conv", "op": "conv2d", "inputs": ["input"], "in_channels": 3,
+              "out_channels": 2, "kernel_size": [3, 3]},
+             {"name": "flat", "op": "flatten", "inputs": ["conv"]},
+             {"name": "fc", "op": "dense", "inputs": ["flat"], "in_features": 2 * 6 * 6,
+              "out_features": 4}]
+    assert infer_shapes(nodes, (3, 8, 8))["conv"] == (2, 6, 6)
+    net = build_architecture("layer_graph", 4, (3, 8, 8), nodes=nodes, output="fc")
+    assert net(torch.rand(2, 3, 8, 8)).shape == (2, 4)
+
+
+def test_only_a_final_softmax_nobody_reads_is_left_out() -> None:
+    dense = {"name": "fc", "op": "dense", "inputs": ["input"], "in_features": 4,
+             "out_features": 3}
+    soft = {"name": "soft", "op": "activation", "inputs": ["fc"], "function": "softmax"}
+    assert strip_final_softmax([dense, soft], "soft") == ([dense], "fc", "softmax")
+    relu = {"name": "soft", "op": "activation", "inputs": ["fc"], "function": "relu"}
+    assert strip_final_softmax([dense, relu], "soft") == ([dense, relu], "soft", None)
+    reread = {"name": "add", "op": "add", "inputs": ["soft", "soft"]}
+    assert strip_final_softmax([dense, soft, reread], "soft")[2] is None
