@@ -19,15 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from onp.config import config_from_dict
-from onp.data.hdf5 import load_hdf5, load_npz
 from onp.data.types import ImageSet
-from onp.errors import ONPInputError
 from onp.models.bundle import Classifier, load_bundle
 from onp.models.loading import load_model
 from onp.outputs import claim_output
 from onp.repair.apply_config import ApplyConfig
 from onp.repair.detector import BackdoorDetector, load_detector
-from onp.repair.pipeline import COMMAND, check_accuracy, make_probe, run_apply
+from onp.repair.pipeline import (
+    COMMAND,
+    check_accuracy,
+    check_fits,
+    load_array_file,
+    make_probe,
+    run_apply,
+)
 from onp.repair.stages import ApplyInputs
 
 __all__ = ["RepairResult", "load_images", "load_model", "repair"]
@@ -57,12 +62,7 @@ def load_images(path: str | Path, scale: float | None = None) -> ImageSet:
     ``scale`` is the pixel value that maps to 1 (default: read off the values, see
     :func:`onp.data.hdf5.pixel_scale`).
     """
-    suffix = Path(path).suffix.lower()
-    if suffix in (".h5", ".hdf5"):
-        return load_hdf5(path, scale=scale)
-    if suffix == ".npz":
-        return load_npz(path, scale=scale)
-    raise ONPInputError(f"{path}: expected an HDF5 (.h5, .hdf5) or .npz file of images")
+    return load_array_file(path, None, "images", scale)
 
 
 def repair(
@@ -95,9 +95,8 @@ def repair(
     config = config_from_dict(ApplyConfig, {**settings, "model": source, "out": str(out)},
                               "repair")
     for name, found in (("defense", images), ("test_clean", test_clean)):
-        if found is not None and tuple(found.meta.image_shape) != classifier.spec.input_shape:
-            raise ONPInputError(f"repair: {name} images are {tuple(found.meta.image_shape)}, "
-                                f"the model takes {classifier.spec.input_shape}")
+        if found is not None:
+            check_fits(found, classifier, f"repair: {name}")
     claim_output(out, COMMAND, inputs=(source if source != "python" else None,),
                  overwrite=config.overwrite, flag="out")  # before the signal's minutes
     check_accuracy(classifier, images, "repair: defense images")

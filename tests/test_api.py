@@ -51,6 +51,7 @@ def test_bad_settings_and_data_are_onp_input_errors(infected_run, tiny_data, tmp
     defense = load_images(tiny_data / "train.npz")
     with pytest.raises(ONPInputError, match="--mode: expected one of"):
         repair(infected_run / "model", defense, tmp_path / "x", mode="fast")
-    with pytest.raises(ONPInputError, match=r"expected an HDF5 \(\.h5, \.hdf5\) or \.npz"):
+    with pytest.raises(ONPInputError,
+                       match=r"images\.csv: images must be an HDF5 \(\.h5, \.hdf5\) or \.npz file"):
         load_images(tmp_path / "images.csv")
     assert not (tmp_path / "x").exists()

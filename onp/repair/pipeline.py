@@ -110,12 +110,12 @@ class StageTimer:
             log.info("apply: stage %s took %.1f s", name, self.seconds[name])
 
 
-def load_array_file(path: str, num_classes: int, what: str, scale: float | None = None
-                    ) -> ImageSet:
+def load_array_file(path: str | Path, num_classes: int | None, what: str,
+                    scale: float | None = None) -> ImageSet:
     """An HDF5 (``data``/``label``) or npz (``x``/``y``) file as an image set of B's classes.
 
-    ``scale`` is the pixel value that maps to 1 (default: read off the values, see
-    :func:`onp.data.hdf5.pixel_scale`).
+    ``num_classes`` is B's (``None``: the largest label plus one); ``scale`` is the pixel value
+    that maps to 1 (default: read off the values, see :func:`onp.data.hdf5.pixel_scale`).
     """
     kind = DATA_FORMATS.get(Path(path).suffix.lower())
     if kind is None:
@@ -125,7 +125,8 @@ def load_array_file(path: str, num_classes: int, what: str, scale: float | None 
     return load_dataset(kind, path, "train", num_classes=num_classes, scale=scale)
 
 
-def _check_fits(images: ImageSet, model: Classifier, where: str) -> None:
+def check_fits(images: ImageSet, model: Classifier, where: str) -> None:
+    """Raise ONPInputError naming ``where`` when the images are not the shape B takes."""
     if tuple(images.meta.image_shape) != tuple(model.spec.input_shape):
         raise ONPInputError(f"{where}: images are {tuple(images.meta.image_shape)}, the model "
                             f"takes {tuple(model.spec.input_shape)}")
@@ -195,17 +196,17 @@ def load_inputs(config: ApplyConfig) -> ApplyInputs:
     model = load_model(config.model, **config.import_options)
     classes = model.spec.num_classes
     defense = load_array_file(config.data, classes, "--data", config.data_scale)
-    _check_fits(defense, model, config.data)
+    check_fits(defense, model, config.data)
     check_accuracy(model, defense, config.data)
     clean = poisoned = None
     if config.eval_data is not None:
         clean = load_array_file(config.eval_data, classes, "--eval-data", config.data_scale)
-        _check_fits(clean, model, config.eval_data)
+        check_fits(clean, model, config.eval_data)
     if config.eval_poisoned is not None:
         # CSAW-HackML convention: a poisoned file's labels are the attack's target labels.
         raw = load_array_file(config.eval_poisoned, classes, "--eval-poisoned",
                               config.data_scale)
-        _check_fits(raw, model, config.eval_poisoned)
+        check_fits(raw, model, config.eval_poisoned)
         poisoned = poisoned_probe(raw.images, raw.labels)
     sources = {k: v for k, v in (("data", config.data), ("eval_data", config.eval_data),
                                  ("eval_poisoned", config.eval_poisoned)) if v is not None}
