@@ -94,9 +94,10 @@ def implicit_hypergradient(
     Returns:
         One gradient per parameter of ``model``.
     """
-    weights = [p for p in model.parameters()]
-    grad_delta = torch.autograd.grad(outer, delta, retain_graph=True)[0]
-    grad_weights = torch.autograd.grad(outer, weights, allow_unused=True)
+    weights = list(model.parameters())
+    grad_delta, *grad_weights = torch.autograd.grad(outer, [delta, *weights], allow_unused=True)
+    if grad_delta is None:  # no image carried the perturbation
+        grad_delta = torch.zeros_like(delta)
     inner = inner_objective(model, delta, inner_images, inner_labels, settings.penalty)
     mapped = delta - settings.inner_lr * torch.autograd.grad(inner, delta, create_graph=True)[0]
     v = torch.zeros_like(delta)
@@ -154,13 +155,12 @@ class IBAU(Defense):
                       ) -> torch.Tensor:
         """The inner maximum: one pass of SGD on a universal perturbation from zeros."""
         s = self.settings
-        delta = torch.zeros_like(batches[0][0][:1], requires_grad=True)
-        optimizer = torch.optim.SGD([delta], lr=s.perturbation_lr)
-        for images, _ in batches:
+        delta = torch.zeros_like(batches[0][0][:1])
+        for images, _ in batches:  # plain SGD, as the authors' torch.optim.SGD(lr=10)
             with torch.no_grad():
                 answers = model(images).argmax(1)
+            delta.requires_grad_(True)
             loss = inner_objective(model, delta, images, answers, s.penalty)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        return delta.detach()
+            grad = torch.autograd.grad(loss, delta)[0]  # the weights' gradients are not needed
+            delta = (delta - s.perturbation_lr * grad).detach()
+        return delta
