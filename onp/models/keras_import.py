@@ -410,7 +410,7 @@ def _weights_by_layer(keras: KerasFile, architecture: KerasArchitecture, where: 
     for layer in architecture.layers:
         roles = variable_roles(layer)
         stored = keras.weights.get(groups.get(layer.name, ""), {})
-        if len(stored) != len(roles) and (roles or stored):
+        if len(stored) != len(roles):
             raise ONPInputError(
                 f"{where}: layer {layer.name!r} ({layer.class_name}) expects variables {roles} "
                 f"under layers/{groups.get(layer.name)}/vars, found {len(stored)}; is the "
